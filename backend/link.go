@@ -1,0 +1,196 @@
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Link attributes (MAC, MTU, up/down, namespace) go through netlink, in
+// the device's network namespace.
+
+// Info describes a TUN/TAP device as the kernel reports it over netlink
+// (the IFLA_TUN_* attributes and the link's own).
+type Info struct {
+	Name           string
+	Index          int
+	Type           string // "tap" or "tun"
+	MultiQueue     bool
+	VnetHdr        bool
+	PI             bool
+	Persist        bool
+	Queues         int // files attached to traffic
+	DisabledQueues int // files detached (the keep-alive file is one)
+	Owner, Group   int // -1 when unset
+	MAC            net.HardwareAddr
+	MTU            int
+	Up             bool // administratively up
+	Carrier        bool // operationally up (a queue is attached and the link is up)
+}
+
+// ErrNotTap says a link exists under that name but is not a TUN/TAP
+// device, so vmnet will neither open nor delete it.
+var ErrNotTap = errors.New("not a TUN/TAP device")
+
+// Lookup reports on the TUN/TAP device name in network namespace netNS
+// (see Options.NetNS; "" for the caller's).
+func Lookup(name, netNS string) (Info, error) {
+	if err := ValidateName(name, false); err != nil {
+		return Info{}, err
+	}
+	ns, err := openNetNS(netNS)
+	if err != nil {
+		return Info{}, err
+	}
+	defer ns.Close()
+	return lookup(ns, name)
+}
+
+func lookup(ns netns.NsHandle, name string) (Info, error) {
+	h, err := netlinkHandle(ns)
+	if err != nil {
+		return Info{}, &OpError{Device: name, Queue: -1, Op: "open netlink", Err: err}
+	}
+	defer h.Close()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return Info{}, &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: err}
+	}
+	t, ok := link.(*netlink.Tuntap)
+	if !ok {
+		return Info{}, &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: fmt.Errorf("link type %s: %w", link.Type(), ErrNotTap)}
+	}
+	a := t.Attrs()
+	info := Info{
+		Name:           a.Name,
+		Index:          a.Index,
+		Type:           "tun",
+		MultiQueue:     t.Flags&netlink.TUNTAP_MULTI_QUEUE != 0,
+		VnetHdr:        t.Flags&netlink.TUNTAP_VNET_HDR != 0,
+		PI:             t.Flags&netlink.TUNTAP_NO_PI == 0,
+		Persist:        !t.NonPersist,
+		Queues:         t.Queues,
+		DisabledQueues: t.DisabledQueues,
+		Owner:          idOrUnset(t.Owner),
+		Group:          idOrUnset(t.Group),
+		MAC:            a.HardwareAddr,
+		MTU:            a.MTU,
+		Up:             a.Flags&net.FlagUp != 0,
+		Carrier:        a.OperState == netlink.OperUp || a.RawFlags&0x10000 != 0, // IFF_LOWER_UP
+	}
+	if t.Mode == netlink.TUNTAP_MODE_TAP {
+		info.Type = "tap"
+	}
+	return info, nil
+}
+
+// idOrUnset maps the kernel's INVALID_UID/GID ((u32)-1) to -1.
+func idOrUnset(v uint32) int {
+	if v == ^uint32(0) {
+		return -1
+	}
+	return int(v)
+}
+
+// Delete removes the TUN/TAP device name from network namespace netNS,
+// persistent or not. It refuses to touch a link of any other kind.
+func Delete(name, netNS string) error {
+	if err := ValidateName(name, false); err != nil {
+		return err
+	}
+	ns, err := openNetNS(netNS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	if _, err := lookup(ns, name); err != nil {
+		return err
+	}
+	return withLink(ns, name, "RTM_DELLINK", func(h *netlink.Handle, l netlink.Link) error { return h.LinkDel(l) })
+}
+
+func withLink(ns netns.NsHandle, name, op string, fn func(*netlink.Handle, netlink.Link) error) error {
+	h, err := netlinkHandle(ns)
+	if err != nil {
+		return &OpError{Device: name, Queue: -1, Op: "open netlink", Err: err}
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: err}
+	}
+	if err := fn(h, l); err != nil {
+		return &OpError{Device: name, Queue: -1, Op: op, Err: err}
+	}
+	return nil
+}
+
+func (d *Device) link(op string, fn func(*netlink.Handle, netlink.Link) error) error {
+	d.mu.Lock()
+	ns, name, closed := d.ns, d.name, d.closed
+	d.mu.Unlock()
+	if closed {
+		return d.opErr(-1, op, net.ErrClosed)
+	}
+	return withLink(ns, name, op, fn)
+}
+
+// Info reports the device as the kernel sees it now.
+func (d *Device) Info() (Info, error) {
+	d.mu.Lock()
+	ns, name := d.ns, d.name
+	d.mu.Unlock()
+	return lookup(ns, name)
+}
+
+// SetMAC sets the device's MAC address.
+func (d *Device) SetMAC(mac net.HardwareAddr) error {
+	return d.link("RTM_SETLINK address", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetHardwareAddr(l, mac) })
+}
+
+// SetMTU sets the device's MTU.
+func (d *Device) SetMTU(mtu int) error {
+	if mtu < 68 || mtu > 65521 {
+		return d.opErr(-1, "RTM_SETLINK mtu", &OptionError{Option: "mtu", Value: mtu, Reason: "want 68 to 65521 (tun.c MAX_MTU)"})
+	}
+	return d.link("RTM_SETLINK mtu", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetMTU(l, mtu) })
+}
+
+// SetUp brings the link administratively up or down.
+func (d *Device) SetUp(up bool) error {
+	if up {
+		return d.link("RTM_SETLINK up", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetUp(l) })
+	}
+	return d.link("RTM_SETLINK down", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetDown(l) })
+}
+
+// MoveToNetNS moves the device into network namespace netNS (a name under
+// /run/netns or a path). Its files keep working; queues opened later are
+// opened there. The kernel keeps the name unless it clashes, in which
+// case the move fails with EEXIST.
+func (d *Device) MoveToNetNS(netNS string) error {
+	target, err := openNetNS(netNS)
+	if err != nil {
+		return err
+	}
+	if !target.IsOpen() {
+		return d.opErr(-1, "RTM_SETLINK netns", &OptionError{Option: "network namespace", Value: quote(netNS), Reason: "empty"})
+	}
+	err = d.link("RTM_SETLINK netns", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetNsFd(l, int(target)) })
+	if err != nil {
+		target.Close()
+		return err
+	}
+	d.mu.Lock()
+	old := d.ns
+	d.ns = target
+	d.mu.Unlock()
+	if old.IsOpen() {
+		old.Close()
+	}
+	d.log.Debug("moved to network namespace", "netns", netNS)
+	return nil
+}

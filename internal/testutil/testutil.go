@@ -1,0 +1,116 @@
+// Package testutil holds what vmnet's privileged tests share: the checks
+// that decide whether a test may run here, fresh network namespaces, and fd
+// counting. It is test support only.
+package testutil
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// InCI reports whether the tests run under CI (CI=true), where a skip for
+// a missing privilege or device hides a regression and so fails instead.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Skip skips the test with a loud reason, or fails it under CI.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("cannot run under CI=true: %s", msg)
+	}
+	t.Skipf("SKIP (needs privileges or devices this machine lacks): %s", msg)
+}
+
+// RequireRoot skips (or fails under CI) unless the test runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Skip(t, "needs root (euid is %d)", os.Geteuid())
+	}
+}
+
+// RequireTUN skips (or fails under CI) unless /dev/net/tun can be opened.
+func RequireTUN(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		Skip(t, "cannot open /dev/net/tun: %v", err)
+	}
+	f.Close()
+}
+
+var nsSeq atomic.Uint64
+
+// NetNS creates a fresh named network namespace for the test and removes
+// it when the test ends. The caller's threads stay where they are; pass
+// the name to Options.NetNS or run commands in it with Exec.
+func NetNS(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	name := fmt.Sprintf("vmnet-test-%d-%d", os.Getpid(), nsSeq.Add(1))
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatalf("read current network namespace: %v", err)
+	}
+	defer orig.Close()
+	h, err := netns.NewNamed(name)
+	if err != nil {
+		t.Fatalf("create network namespace %s: %v", name, err)
+	}
+	h.Close()
+	if err := netns.Set(orig); err != nil {
+		t.Fatalf("return to original network namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete network namespace %s: %v", name, err)
+		}
+	})
+	// Loopback up, so the namespace's stack can talk to itself.
+	Exec(t, name, "ip", "link", "set", "lo", "up")
+	return name
+}
+
+// Exec runs a command in network namespace ns ("" for the current one)
+// and fails the test if it fails. It returns the combined output.
+func Exec(t testing.TB, ns string, name string, args ...string) string {
+	t.Helper()
+	out, err := Run(ns, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// Run runs a command in network namespace ns and returns its combined
+// output and error.
+func Run(ns string, name string, args ...string) (string, error) {
+	if ns != "" {
+		args = append([]string{"netns", "exec", ns, name}, args...)
+		name = "ip"
+	}
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// OpenFds counts this process's open file descriptors.
+func OpenFds(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("list /proc/self/fd: %v", err)
+	}
+	// ReadDir's own directory fd is in the listing.
+	return len(ents) - 1
+}
