@@ -467,4 +467,3 @@ func (q *Queue) Dup() (*os.File, error) {
 	}
 	return os.NewFile(uintptr(nfd), q.file.Name()), nil
 }
-
