@@ -467,3 +467,62 @@ func (q *Queue) Dup() (*os.File, error) {
 	}
 	return os.NewFile(uintptr(nfd), q.file.Name()), nil
 }
+
+// SetPersist turns TUNSETPERSIST on or off: a persistent device outlives
+// its files; one that is not disappears with its last file.
+func (d *Device) SetPersist(on bool) error {
+	if err := d.keepControl("TUNSETPERSIST", func(fd int) error { return tunSetPersist(fd, on) }); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.opts.Persist = on
+	d.mu.Unlock()
+	return nil
+}
+
+// VnetHdrSizeOf reads the vnet header size of the idle device name (one
+// with no queue attached: attaching a file to a busy device would let the
+// kernel steer a frame to it). It returns ErrBusy for a busy device.
+func VnetHdrSizeOf(name, netNS string) (int, error) {
+	ns, err := openNetNS(netNS)
+	if err != nil {
+		return 0, err
+	}
+	defer ns.Close()
+	info, err := lookup(ns, name)
+	if err != nil {
+		return 0, err
+	}
+	if info.Queues > 0 {
+		return 0, &OpError{Device: name, Queue: -1, Op: "TUNGETVNETHDRSZ", Err: ErrBusy}
+	}
+	flags := uint16(iffTAP)
+	if info.Type == "tun" {
+		flags = iffTUN
+	}
+	if info.MultiQueue {
+		flags |= iffMultiQueue
+	}
+	if info.VnetHdr {
+		flags |= iffVnetHdr
+	}
+	if !info.PI {
+		flags |= iffNoPI
+	}
+	size := 0
+	err = inNetNS(ns, func() error {
+		fd, err := openTunFd()
+		if err != nil {
+			return &OpError{Device: name, Queue: -1, Op: "open " + tunDevice, Err: err}
+		}
+		defer unix.Close(fd)
+		if _, err := tunSetIff(fd, name, flags); err != nil {
+			return &OpError{Device: name, Queue: -1, Op: "TUNSETIFF", Err: err}
+		}
+		if size, err = tunGetVnetHdrSize(fd); err != nil {
+			return &OpError{Device: name, Queue: -1, Op: "TUNGETVNETHDRSZ", Err: err}
+		}
+		return nil
+	})
+	return size, err
+}

@@ -74,3 +74,7 @@ type OptionError struct {
 func (e *OptionError) Error() string {
 	return fmt.Sprintf("invalid %s %v: %s", e.Option, e.Value, e.Reason)
 }
+
+// ErrBusy says the device has queues attached and the operation would
+// disturb their traffic.
+var ErrBusy = errors.New("device in use")

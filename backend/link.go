@@ -24,7 +24,7 @@ type Info struct {
 	Persist        bool
 	Queues         int // files attached to traffic
 	DisabledQueues int // files detached (the keep-alive file is one)
-	Owner, Group   int // -1 when unset
+	Owner, Group   int // -1 when unset (or root)
 	MAC            net.HardwareAddr
 	MTU            int
 	Up             bool // administratively up
@@ -87,9 +87,11 @@ func lookup(ns netns.NsHandle, name string) (Info, error) {
 	return info, nil
 }
 
-// idOrUnset maps the kernel's INVALID_UID/GID ((u32)-1) to -1.
+// idOrUnset maps an unset owner or group to -1. tun.c tun_fill_info omits
+// the attribute for INVALID_UID/GID, which leaves 0 here; root needs no
+// grant, so 0 reads as unset too.
 func idOrUnset(v uint32) int {
-	if v == ^uint32(0) {
+	if v == ^uint32(0) || v == 0 {
 		return -1
 	}
 	return int(v)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -114,3 +115,6 @@ func OpenFds(t testing.TB) int {
 	// ReadDir's own directory fd is in the listing.
 	return len(ents) - 1
 }
+
+// Sleep pauses for ms milliseconds; polling loops use it between looks.
+func Sleep(ms int) { time.Sleep(time.Duration(ms) * time.Millisecond) }

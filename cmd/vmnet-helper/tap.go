@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/user"
+	"strconv"
+	"strings"
+
+	"github.com/vmnet-dev/vmnet/backend"
+)
+
+func runTap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		io.WriteString(stderr, usage)
+		return usagef("tap: want create, delete or show")
+	}
+	switch args[0] {
+	case "create":
+		return tapCreate(ctx, args[1:], stdout, stderr)
+	case "delete":
+		return tapDelete(args[1:], stdout, stderr)
+	case "show":
+		return tapShow(args[1:], stdout, stderr)
+	default:
+		io.WriteString(stderr, usage)
+		return usagef("tap: unknown command %q (want create, delete or show)", args[0])
+	}
+}
+
+func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("tap create")
+	var (
+		lf      logFlags
+		opts    backend.Options
+		owner   = fs.String("owner", "", "user (name or uid) allowed to attach queues without CAP_NET_ADMIN")
+		group   = fs.String("group", "", "group (name or gid) allowed to attach queues without CAP_NET_ADMIN")
+		mtu     = fs.Int("mtu", 0, "MTU (68 to 65521); 0 keeps the kernel's 1500")
+		persist = fs.Bool("persist", false, "keep the device after vmnet-helper exits")
+	)
+	lf.register(fs)
+	fs.StringVar(&opts.Name, "name", backend.DefaultName, "interface name or template with one %d")
+	fs.IntVar(&opts.Queues, "queues", 1, "queue pairs (1 to 255)")
+	fs.StringVar(&opts.NetNS, "netns", "", "network namespace (name under /run/netns or path) to create the device in")
+	fs.IntVar(&opts.VnetHdrSize, "vnet-hdr", backend.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
+	fs.BoolVar(&opts.NoNAPI, "no-napi", false, "do not use IFF_NAPI even when the kernel offers it")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("tap create: unexpected argument %q", fs.Arg(0))
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	opts.Logger = log
+	// Everything is checked before anything is created.
+	if opts.Queues < 1 {
+		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, backend.MaxQueues)
+	}
+	if opts.VnetHdrSize == 0 {
+		return usagef("tap create: --vnet-hdr 0: want 10, 12 or 20")
+	}
+	if *mtu != 0 && (*mtu < 68 || *mtu > 65521) {
+		return usagef("tap create: --mtu %d: want 68 to 65521", *mtu)
+	}
+	if opts.Owner, err = lookupID(*owner, "owner", user.Lookup, func(u *user.User) string { return u.Uid }); err != nil {
+		return err
+	}
+	if opts.Group, err = lookupID(*group, "group", user.LookupGroup, func(g *user.Group) string { return g.Gid }); err != nil {
+		return err
+	}
+	if err := backend.ValidateName(opts.Name, true); err != nil {
+		return usagef("tap create: --name: %v", err)
+	}
+	if opts.Queues > backend.MaxQueues {
+		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, backend.MaxQueues)
+	}
+	switch opts.VnetHdrSize {
+	case backend.VnetHdrLegacy, backend.VnetHdrV1, backend.VnetHdrHash:
+	default:
+		return usagef("tap create: --vnet-hdr %d: want 10, 12 or 20", opts.VnetHdrSize)
+	}
+
+	// Created non-persistent and made persistent last, so a failure half
+	// way leaves nothing behind.
+	dev, err := backend.Create(opts)
+	if err != nil {
+		return fmt.Errorf("create tap: %w", err)
+	}
+	defer dev.Close()
+	if *mtu != 0 {
+		if err := dev.SetMTU(*mtu); err != nil {
+			return err
+		}
+	}
+	if *persist {
+		if err := dev.SetPersist(true); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(stdout, dev.Name())
+	if *persist {
+		return dev.Close()
+	}
+	log.Info("device lives until SIGINT or SIGTERM", "tap", dev.Name())
+	<-ctx.Done()
+	return dev.Close()
+}
+
+// lookupID turns a user or group flag (a name or a number) into an id; ""
+// is 0, "unset".
+func lookupID[T any](s, what string, byName func(string) (T, error), id func(T) string) (int, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 {
+			return 0, usagef("tap create: --%s %d: want an id >= 0", what, n)
+		}
+		return n, nil
+	}
+	v, err := byName(s)
+	if err != nil {
+		return 0, usagef("tap create: --%s %q: %v", what, s, err)
+	}
+	n, err := strconv.Atoi(id(v))
+	if err != nil {
+		return 0, usagef("tap create: --%s %q: id %q is not a number", what, s, id(v))
+	}
+	return n, nil
+}
+
+func tapDelete(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("tap delete")
+	var lf logFlags
+	lf.register(fs)
+	netNS := fs.String("netns", "", "network namespace the device is in")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	name, err := oneName(fs.Args(), "tap delete")
+	if err != nil {
+		return err
+	}
+	if _, err := lf.logger(stderr); err != nil {
+		return err
+	}
+	return backend.Delete(name, *netNS)
+}
+
+func tapShow(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("tap show")
+	var lf logFlags
+	lf.register(fs)
+	netNS := fs.String("netns", "", "network namespace the device is in")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	name, err := oneName(fs.Args(), "tap show")
+	if err != nil {
+		return err
+	}
+	if _, err := lf.logger(stderr); err != nil {
+		return err
+	}
+	info, err := backend.Lookup(name, *netNS)
+	if err != nil {
+		return err
+	}
+	hdr := "unknown (queues attached; read only while the device is idle)"
+	if !info.VnetHdr {
+		hdr = "none"
+	} else if n, err := backend.VnetHdrSizeOf(name, *netNS); err == nil {
+		hdr = fmt.Sprintf("%d bytes", n)
+	} else if !errors.Is(err, backend.ErrBusy) {
+		return err
+	}
+	features, err := backend.Probe()
+	if err != nil {
+		return err
+	}
+	offloads := features.Offloads.String()
+	if !features.OffloadsProbed {
+		offloads = "unknown (probing needs CAP_NET_ADMIN)"
+	}
+	var flags []string
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{info.MultiQueue, "multi_queue"}, {info.VnetHdr, "vnet_hdr"}, {!info.PI, "no_pi"}, {info.Persist, "persist"}} {
+		if f.on {
+			flags = append(flags, f.name)
+		}
+	}
+	id := func(v int) string {
+		if v < 0 {
+			return "-"
+		}
+		return strconv.Itoa(v)
+	}
+	state := "down"
+	if info.Up {
+		state = "up"
+	}
+	if info.Carrier {
+		state += ", carrier"
+	} else {
+		state += ", no carrier"
+	}
+	fmt.Fprintf(stdout, "name:      %s\n", info.Name)
+	fmt.Fprintf(stdout, "type:      %s\n", info.Type)
+	fmt.Fprintf(stdout, "flags:     %s\n", strings.Join(flags, " "))
+	fmt.Fprintf(stdout, "queues:    %d attached, %d detached\n", info.Queues, info.DisabledQueues)
+	fmt.Fprintf(stdout, "vnet_hdr:  %s\n", hdr)
+	fmt.Fprintf(stdout, "offloads:  %s (supported by the kernel)\n", offloads)
+	fmt.Fprintf(stdout, "mac:       %s\n", info.MAC)
+	fmt.Fprintf(stdout, "mtu:       %d\n", info.MTU)
+	fmt.Fprintf(stdout, "state:     %s\n", state)
+	fmt.Fprintf(stdout, "owner:     %s\n", id(info.Owner))
+	fmt.Fprintf(stdout, "group:     %s\n", id(info.Group))
+	return nil
+}
+
+func oneName(args []string, cmd string) (string, error) {
+	if len(args) != 1 {
+		return "", usagef("%s: want exactly one device name, got %d arguments", cmd, len(args))
+	}
+	if err := backend.ValidateName(args[0], false); err != nil {
+		return "", usagef("%s: %v", cmd, err)
+	}
+	return args[0], nil
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/internal/testutil"
+)
+
+func runHelper(args ...string) (stdout, stderr string, err error) {
+	var o, e bytes.Buffer
+	err = run(context.Background(), args, &o, &e)
+	return o.String(), e.String(), err
+}
+
+func TestTapBadArguments(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no command", nil, "no command"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"tap alone", []string{"tap"}, "want create, delete or show"},
+		{"long name", []string{"tap", "create", "--name", "abcdefghijklmnop"}, "longer than 15 bytes"},
+		{"slash", []string{"tap", "create", "--name", "a/b"}, "'/'"},
+		{"space", []string{"tap", "create", "--name", "a b"}, "white space"},
+		{"zero queues", []string{"tap", "create", "--queues", "0"}, "--queues 0"},
+		{"too many queues", []string{"tap", "create", "--queues", "256"}, "--queues 256"},
+		{"not a number", []string{"tap", "create", "--queues", "many"}, "invalid value"},
+		{"bad mtu", []string{"tap", "create", "--mtu", "20"}, "--mtu 20"},
+		{"bad header", []string{"tap", "create", "--vnet-hdr", "14"}, "--vnet-hdr 14"},
+		{"unknown user", []string{"tap", "create", "--owner", "no-such-user-here"}, "--owner"},
+		{"bad log level", []string{"tap", "create", "--log-level", "loud"}, "--log-level"},
+		{"bad log format", []string{"tap", "create", "--log-format", "xml"}, "--log-format"},
+		{"stray argument", []string{"tap", "create", "extra"}, "unexpected argument"},
+		{"delete template", []string{"tap", "delete", "vmnet%d"}, "'%'"},
+		{"delete two", []string{"tap", "delete", "a", "b"}, "exactly one"},
+		{"show none", []string{"tap", "show"}, "exactly one"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := runHelper(tc.args...)
+			var ue *usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("got %v, want a usage error", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %q, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestTapBadArgumentsCreateNothing(t *testing.T) {
+	testutil.RequireTUN(t)
+	ns := testutil.NetNS(t)
+	before := testutil.Exec(t, ns, "ip", "-o", "link")
+	for _, args := range [][]string{
+		{"tap", "create", "--netns", ns, "--queues", "0"},
+		{"tap", "create", "--netns", ns, "--mtu", "70000"},
+		{"tap", "create", "--netns", ns, "--name", "x/y"},
+		{"tap", "create", "--netns", ns, "--persist", "--owner", "no-such-user-here"},
+	} {
+		if _, _, err := runHelper(args...); err == nil {
+			t.Errorf("%v: got nil error", args)
+		}
+	}
+	if after := testutil.Exec(t, ns, "ip", "-o", "link"); after != before {
+		t.Errorf("links changed by refused commands:\nbefore %s\nafter %s", before, after)
+	}
+}
+
+func TestTapCreateShowDelete(t *testing.T) {
+	testutil.RequireTUN(t)
+	ns := testutil.NetNS(t)
+	out, _, err := runHelper("tap", "create", "--netns", ns, "--name", "guest%d", "--queues", "4",
+		"--persist", "--owner", "65534", "--mtu", "9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimSpace(out)
+	if name != "guest0" {
+		t.Fatalf("printed name %q, want guest0", name)
+	}
+	info, err := backend.Lookup(name, ns)
+	if err != nil {
+		t.Fatalf("device gone after a --persist create: %v", err)
+	}
+	if !info.Persist || !info.MultiQueue || !info.VnetHdr || info.PI || info.MTU != 9000 || info.Owner != 65534 {
+		t.Errorf("device: got %+v", info)
+	}
+	out, _, err = runHelper("tap", "show", "--netns", ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"name:      guest0", "type:      tap", "multi_queue vnet_hdr no_pi persist",
+		"vnet_hdr:  12 bytes", "mtu:       9000", "owner:     65534", "mac:       " + info.MAC.String(), "offloads:  csum"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("show output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, _, err := runHelper("tap", "delete", "--netns", ns, name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backend.Lookup(name, ns); err == nil {
+		t.Error("device still there after tap delete")
+	}
+	if _, _, err := runHelper("tap", "delete", "--netns", ns, name); err == nil {
+		t.Error("deleting a missing device: got nil error")
+	}
+}
+
+func TestTapCreateLivesUntilSignal(t *testing.T) {
+	testutil.RequireTUN(t)
+	ns := testutil.NetNS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"tap", "create", "--netns", ns, "--name", "live0"}, &out, &bytes.Buffer{})
+	}()
+	var err error
+	for i := 0; i < 100; i++ {
+		if _, err = backend.Lookup("live0", ns); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("tap create returned early: %v", err)
+		default:
+		}
+		testutil.Sleep(10)
+	}
+	if err != nil {
+		t.Fatalf("device never appeared: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backend.Lookup("live0", ns); err == nil {
+		t.Error("non-persistent device outlived tap create")
+	}
+}
