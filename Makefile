@@ -1,0 +1,56 @@
+# vmnet: everything CI runs is `make test`; `make demo` is the main job.
+SHELL := /bin/bash
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin
+BIN := bin
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Seconds each fuzz target runs in `make test` (a smoke run; `make fuzz` runs long).
+FUZZTIME ?= 5s
+
+.PHONY: all build test unit deps lint fuzz fuzz-smoke bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/vmnet-helper ./cmd/vmnet-helper
+
+# deps installs the Debian packages the privileged and integration tests use.
+deps:
+	@if [ "$$(id -u)" = 0 ]; then .ci/install-deps; else echo "make deps: not root, installing nothing"; fi
+
+# test is what CI runs: lint, every test (privileged ones need root), the
+# race detector on the concurrent packages, and short fuzz runs.
+test: deps lint build
+	$(GO) test -count=1 -timeout 40m ./...
+	$(GO) test -count=1 -race -timeout 20m ./virtio/... $(wildcard ./vhostuser/...)
+	$(MAKE) fuzz-smoke
+
+# unit runs the tests that need neither root nor packages.
+unit:
+	$(GO) test -count=1 ./virtio/...
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# fuzz-smoke runs every fuzz target for FUZZTIME; fuzz runs them for 5 minutes each.
+fuzz-smoke:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+fuzz:
+	$(MAKE) fuzz-smoke FUZZTIME=5m
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
+
+demo: deps build
+	integration/demo.sh $(BIN)/vmnet-helper
+
+clean:
+	rm -rf $(BIN)
