@@ -207,14 +207,23 @@ const modernOnly = ^Features(1<<33 - 1)
 // rule it breaks, in spec order, then for the lowest bit above VERSION_1 set
 // without VERSION_1.
 func ValidateNet(f Features) error {
-	for _, d := range netDependencies {
-		if f&d.feature != 0 && f&d.requires == 0 {
-			return &DependencyError{Feature: d.feature, Requires: d.requires}
-		}
+	if err := checkDependencies(f, ^Features(0)); err != nil {
+		return err
 	}
 	if !f.Has(FVersion1) {
 		if m := f & modernOnly; m != 0 {
 			return &DependencyError{Feature: m & -m, Requires: FVersion1}
+		}
+	}
+	return nil
+}
+
+// checkDependencies applies the rules of netDependencies whose feature is in
+// scope.
+func checkDependencies(f, scope Features) error {
+	for _, d := range netDependencies {
+		if d.feature&scope != 0 && f&d.feature != 0 && f&d.requires == 0 {
+			return &DependencyError{Feature: d.feature, Requires: d.requires}
 		}
 	}
 	return nil

@@ -78,14 +78,6 @@ func (e Endian) uint32(b []byte) uint32 {
 	return binary.LittleEndian.Uint32(b)
 }
 
-func (e Endian) putUint32(b []byte, v uint32) {
-	if e == BigEndian {
-		binary.BigEndian.PutUint32(b, v)
-		return
-	}
-	binary.LittleEndian.PutUint32(b, v)
-}
-
 func (e Endian) uint64(b []byte) uint64 {
 	if e == BigEndian {
 		return binary.BigEndian.Uint64(b)
@@ -93,12 +85,25 @@ func (e Endian) uint64(b []byte) uint64 {
 	return binary.LittleEndian.Uint64(b)
 }
 
-func (e Endian) putUint64(b []byte, v uint64) {
+func (e Endian) appendUint16(b []byte, v uint16) []byte {
 	if e == BigEndian {
-		binary.BigEndian.PutUint64(b, v)
-		return
+		return binary.BigEndian.AppendUint16(b, v)
 	}
-	binary.LittleEndian.PutUint64(b, v)
+	return binary.LittleEndian.AppendUint16(b, v)
+}
+
+func (e Endian) appendUint32(b []byte, v uint32) []byte {
+	if e == BigEndian {
+		return binary.BigEndian.AppendUint32(b, v)
+	}
+	return binary.LittleEndian.AppendUint32(b, v)
+}
+
+func (e Endian) appendUint64(b []byte, v uint64) []byte {
+	if e == BigEndian {
+		return binary.BigEndian.AppendUint64(b, v)
+	}
+	return binary.LittleEndian.AppendUint64(b, v)
 }
 
 // HdrFlags is the flags byte of the net header.
