@@ -1,0 +1,25 @@
+// Package virtio is the pure virtio layer of vmnet: what the virtio 1.2
+// specification and Linux include/uapi/linux/virtio_net.h define for a
+// network device, as plain Go over byte slices.
+//
+// It owns
+//   - feature bits, their names and negotiation rules (features.go),
+//   - the net header that precedes every packet, in its 10, 12 and 20-byte
+//     layouts and either byte order (nethdr.go),
+//   - the device configuration space (config.go),
+//   - control-queue commands and their acks (ctrl.go),
+//   - the guest memory map (memory.go),
+//   - the device side of split and packed virtqueues (queue.go, split.go,
+//     packed.go).
+//
+// It never opens, reads or writes a file descriptor, makes a system call,
+// starts a goroutine or logs. Notifications (kicks and calls) are the
+// caller's: a queue says when the guest needs an interrupt, the caller
+// delivers it. Everything here runs without root. What it reads comes from
+// the guest, which is not trusted: malformed input is an error naming the
+// numbers involved, never a panic.
+//
+// Guest memory is shared with a running guest that may rewrite it at any
+// moment. Decoders read each field once into a local copy and validate the
+// copy.
+package virtio
