@@ -1,0 +1,291 @@
+package vhostuser
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultMaxMemSlots is the GET_MAX_MEM_SLOTS answer when Options.MaxMemSlots is zero.
+const DefaultMaxMemSlots = 32
+
+// ErrBusy is returned when a Server is asked to serve while it already serves.
+var ErrBusy = errors.New("server already serving a front-end")
+
+// Options configure a Server. The zero value is usable.
+type Options struct {
+	// Logger receives the server's logs under the name "vhostuser"; nil discards them.
+	Logger hclog.Logger
+	// MaxMemSlots is how many memory regions the front-end may add with ADD_MEM_REG, and the
+	// answer to GET_MAX_MEM_SLOTS. Zero means DefaultMaxMemSlots.
+	MaxMemSlots int
+	// RetryMin and RetryMax bound the delay between Dial's connection attempts, which doubles
+	// from RetryMin up to RetryMax. Zero means 50ms and 2s.
+	RetryMin, RetryMax time.Duration
+}
+
+// Server speaks the back-end side of vhost-user for one Backend, to one front-end at a
+// time.
+type Server struct {
+	backend     Backend
+	log         hclog.Logger
+	maxMemSlots int
+	retryMin    time.Duration
+	retryMax    time.Duration
+	active      atomic.Bool
+	stats       stats
+}
+
+// NewServer returns a server for b.
+func NewServer(b Backend, opts Options) *Server {
+	s := &Server{
+		backend:     b,
+		log:         opts.Logger,
+		maxMemSlots: opts.MaxMemSlots,
+		retryMin:    opts.RetryMin,
+		retryMax:    opts.RetryMax,
+	}
+	if s.log == nil {
+		s.log = hclog.NewNullLogger()
+	}
+	s.log = s.log.Named("vhostuser")
+	if s.maxMemSlots <= 0 {
+		s.maxMemSlots = DefaultMaxMemSlots
+	}
+	if s.retryMin <= 0 {
+		s.retryMin = 50 * time.Millisecond
+	}
+	if s.retryMax < s.retryMin {
+		s.retryMax = max(2*time.Second, s.retryMin)
+	}
+	return s
+}
+
+// Serve listens on the unix socket path and serves the front-ends that connect, one after
+// the other: when one goes away its device state is torn down and the next is accepted. A
+// socket file left at path by a dead process is replaced; any other file is an error. The
+// socket file is removed when Serve returns, which is when ctx is done (nil) or listening
+// fails.
+func (s *Server) Serve(ctx context.Context, path string) error {
+	if !s.active.CompareAndSwap(false, true) {
+		return fmt.Errorf("serve on %s: %w", path, ErrBusy)
+	}
+	defer s.active.Store(false)
+	l, err := listen(path)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	s.log.Info("listening", "path", path)
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accept on %s: %w", path, err)
+			}
+			// Out of descriptors and the like: the next attempt may succeed.
+			s.log.Error("accept front-end", "path", path, "error", err)
+			if !sleep(ctx, s.retryMin) {
+				return nil
+			}
+			continue
+		}
+		s.serveConn(ctx, c)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// listen listens on path, first removing a socket file nobody listens on.
+func listen(path string) (*net.UnixListener, error) {
+	addr := &net.UnixAddr{Name: path, Net: "unix"}
+	l, err := net.ListenUnix("unix", addr)
+	if err == nil || !errors.Is(err, unix.EADDRINUSE) {
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", path, err)
+		}
+		return l, nil
+	}
+	fi, serr := os.Lstat(path)
+	if serr != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return nil, fmt.Errorf("listen on %s: exists and is not a socket (mode %s): %w", path, fi.Mode(), err)
+	}
+	if c, derr := net.DialTimeout("unix", path, time.Second); derr == nil {
+		c.Close()
+		return nil, fmt.Errorf("listen on %s: another process listens there: %w", path, err)
+	}
+	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, rerr)
+	}
+	l, err = net.ListenUnix("unix", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Dial connects to a front-end listening on the unix socket path (QEMU's server=on) and
+// serves it; when it goes away, or cannot be reached, Dial tries again, the delay doubling
+// from RetryMin to RetryMax, until ctx is done. It returns nil then.
+func (s *Server) Dial(ctx context.Context, path string) error {
+	if !s.active.CompareAndSwap(false, true) {
+		return fmt.Errorf("dial %s: %w", path, ErrBusy)
+	}
+	defer s.active.Store(false)
+	delay := s.retryMin
+	quiet := false
+	for {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// The first failure of a series says so; the rest would only repeat it.
+			if quiet {
+				s.log.Debug("connect to front-end", "path", path, "error", err, "retry_in", delay)
+			} else {
+				s.log.Info("connect to front-end, will retry", "path", path, "error", err, "retry_in", delay)
+				quiet = true
+			}
+			if !sleep(ctx, delay) {
+				return nil
+			}
+			delay = min(2*delay, s.retryMax)
+			continue
+		}
+		delay, quiet = s.retryMin, false
+		s.serveConn(ctx, c.(*net.UnixConn))
+		if !sleep(ctx, s.retryMin) {
+			return nil
+		}
+	}
+}
+
+// ServeConn serves one front-end on c, which it closes before it returns. It returns nil
+// when the front-end disconnects or ctx is done, and the reason otherwise: a malformed
+// message, a failure the front-end could not be told of, or a broken connection. In every
+// case the rings are stopped, the device is reset, and every descriptor and mapping of the
+// connection is released.
+func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) error {
+	if !s.active.CompareAndSwap(false, true) {
+		c.Close()
+		return fmt.Errorf("serve connection: %w", ErrBusy)
+	}
+	defer s.active.Store(false)
+	return s.serveConn(ctx, c)
+}
+
+func (s *Server) serveConn(ctx context.Context, uc *net.UnixConn) error {
+	s.stats.sessions.Add(1)
+	stop := context.AfterFunc(ctx, func() { uc.Close() })
+	defer stop()
+	c, err := newConn(uc)
+	if err != nil {
+		uc.Close()
+		s.log.Error("front-end connection closed", "error", err)
+		return err
+	}
+	defer c.close()
+	sess, err := newSession(s, c)
+	if err != nil {
+		s.log.Error("front-end connection closed", "error", err)
+		return err
+	}
+	s.log.Info("front-end connected")
+	err = sess.run()
+	sess.teardown()
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		s.log.Error("front-end connection closed", "error", err)
+		return fmt.Errorf("serve front-end: %w", err)
+	}
+	s.log.Info("front-end disconnected")
+	return nil
+}
+
+// sleep waits d or until ctx is done; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Stats counts what a Server has seen since it was made.
+type Stats struct {
+	// Sessions is the number of front-end connections served.
+	Sessions uint64
+	// Messages counts received requests by type; requests of unknown types are in Unknown.
+	Messages map[Request]uint64
+	Unknown  uint64
+	// Rejected counts requests that were malformed, not supported, or failed.
+	Rejected uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Sessions: s.stats.sessions.Load(),
+		Messages: make(map[Request]uint64),
+		Unknown:  s.stats.unknown.Load(),
+		Rejected: s.stats.rejected.Load(),
+	}
+	for i := range s.stats.messages {
+		if n := s.stats.messages[i].Load(); n > 0 {
+			st.Messages[Request(i)] = n
+		}
+	}
+	return st
+}
+
+type stats struct {
+	sessions atomic.Uint64
+	messages [maxRequest + 1]atomic.Uint64
+	unknown  atomic.Uint64
+	rejected atomic.Uint64
+	// logged has a bit per request type whose refusal was logged; types past 63 share bit 63.
+	logged atomic.Uint64
+}
+
+func (st *stats) count(r Request) {
+	if r <= maxRequest && requestNames[r] != "" {
+		st.messages[r].Add(1)
+	} else {
+		st.unknown.Add(1)
+	}
+}
+
+// logUnsupported logs a refused request once per request type, so a front-end that probes
+// or repeats cannot flood the log.
+func (s *Server) logUnsupported(r Request, err error) {
+	bit := uint64(1) << min(uint32(r), 63)
+	if s.stats.logged.Or(bit)&bit != 0 {
+		s.log.Debug("request not supported", "request", r, "error", err)
+		return
+	}
+	s.log.Warn("request not supported (logged once per request type)", "request", r, "error", err)
+}

@@ -1,0 +1,685 @@
+package vhostuser
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/vmnet-dev/vmnet/virtio"
+)
+
+// serverProtocolFeatures are the protocol features the session implements itself.
+const serverProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq | ProtocolConfig |
+	ProtocolResetDevice | ProtocolConfigureMemSlots | ProtocolStatus
+
+// deviceProtocolFeatures are the ones a Backend may add: the session only relays them.
+const deviceProtocolFeatures = ProtocolMTU | ProtocolRARP
+
+// ring is the session's view of one vring (vhost-user.rst "Ring states"): it is started
+// once it has a size, addresses, a kick eventfd, guest memory and is enabled, and stopped by
+// GET_VRING_BASE, by disabling it, or to change anything while it runs.
+type ring struct {
+	size    uint16
+	addr    VringAddr
+	hasAddr bool
+	base    QueueState
+	kick    *os.File
+	call    *os.File
+	err     *os.File
+	enabled bool
+	started bool
+}
+
+func (r *ring) closeFiles() {
+	for _, f := range []**os.File{&r.kick, &r.call, &r.err} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+	}
+}
+
+// session is the protocol state of one front-end connection.
+type session struct {
+	srv *Server
+	c   *conn
+	dev Backend
+	log hclog.Logger
+
+	features    uint64 // as acked by SET_FEATURES, FProtocolFeatures included
+	featuresSet bool
+	protocol    ProtocolFeatures
+	status      uint8
+	maps        []*mapping
+	mem         *virtio.Memory
+	rings       []ring
+	backendReq  *os.File
+}
+
+// replyKind is what a request is answered with when it succeeds, and decides how a failure
+// is reported (vhost-user.rst "Communication", "REPLY_ACK").
+type replyKind uint8
+
+const (
+	replyNone     replyKind = iota // only an ack, and only if NEED_REPLY is set
+	replyU64                       // a u64; non-zero reports failure
+	replyConfig                    // config space; an empty payload reports failure
+	replyInflight                  // an inflight description; all zero means none
+	replyState                     // a vring state, with no way to report failure
+)
+
+func replyKindOf(req Request) replyKind {
+	switch req {
+	case ReqGetFeatures, ReqGetProtocolFeatures, ReqGetQueueNum, ReqGetMaxMemSlots, ReqGetStatus,
+		ReqIOTLBMsg, ReqPostcopyEnd, ReqSetDeviceStateFD, ReqCheckDeviceState:
+		return replyU64
+	case ReqGetConfig:
+		return replyConfig
+	case ReqGetInflightFD:
+		return replyInflight
+	case ReqGetVringBase:
+		return replyState
+	}
+	return replyNone
+}
+
+// failureReply is the reply that tells the front-end a request failed, nil if the request
+// has no such form.
+func failureReply(req Request) Payload {
+	switch replyKindOf(req) {
+	case replyU64:
+		if req == ReqSetDeviceStateFD {
+			// Bits 0-7 non-zero for the error, bit 8: no descriptor returned.
+			return U64(0x101)
+		}
+		return U64(1)
+	case replyConfig:
+		return Empty{}
+	case replyInflight:
+		return Inflight{}
+	}
+	return nil
+}
+
+func newSession(srv *Server, c *conn) (*session, error) {
+	n := srv.backend.NumQueues()
+	if n < 1 || n > MaxQueues {
+		return nil, fmt.Errorf("start session: device has %d queues, want 1 to %d", n, MaxQueues)
+	}
+	return &session{srv: srv, c: c, dev: srv.backend, log: srv.log, rings: make([]ring, n)}, nil
+}
+
+// run handles messages until the front-end disconnects (nil) or a message is bad enough to
+// end the connection.
+func (s *session) run() error {
+	for {
+		m, err := s.c.read()
+		if err != nil {
+			if errors.Is(err, ErrMalformed) {
+				s.srv.stats.rejected.Add(1)
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		err = s.handle(&m)
+		m.closeFDs()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// handle decodes and executes one request and sends its reply. It returns an error only when
+// the connection must end.
+func (s *session) handle(m *message) error {
+	req := m.Request
+	s.srv.stats.count(req)
+	if s.log.IsTrace() {
+		s.log.Trace("message", "request", req, "flags", fmt.Sprintf("%#x", uint32(m.Flags)), "bytes", m.Size, "fd", len(m.fds))
+	}
+	p, err := DecodeRequest(m.Header, m.payload, len(m.fds))
+	if err != nil {
+		s.srv.stats.rejected.Add(1)
+		return fmt.Errorf("decode %s: %w", req, err)
+	}
+	reply, herr := s.dispatch(m, p)
+	if herr == nil {
+		switch {
+		case reply != nil:
+			return s.c.reply(req, reply)
+		case m.NeedReply():
+			return s.c.reply(req, U64(0))
+		}
+		return nil
+	}
+
+	s.srv.stats.rejected.Add(1)
+	var fe *fatalError
+	if errors.As(herr, &fe) {
+		return fmt.Errorf("handle %s: %w", req, herr)
+	}
+	notSupported := errors.Is(herr, ErrNotSupported)
+	if notSupported {
+		s.srv.logUnsupported(req, herr)
+	} else {
+		s.log.Warn("request failed", "request", req, "error", herr)
+	}
+	if fr := failureReply(req); fr != nil {
+		return s.c.reply(req, fr)
+	}
+	if replyKindOf(req) == replyNone && m.NeedReply() {
+		return s.c.reply(req, U64(1))
+	}
+	if notSupported {
+		return nil
+	}
+	// The front-end cannot be told; going on would leave it believing in a state the
+	// back-end does not have (vhost-user.rst "Communication": the back-end may close).
+	return fmt.Errorf("handle %s: %w", req, herr)
+}
+
+func (s *session) dispatch(m *message, p Payload) (Payload, error) {
+	switch req := m.Request; req {
+	case ReqGetFeatures:
+		return U64(uint64(s.dev.Features()) | FProtocolFeatures), nil
+	case ReqSetFeatures:
+		return nil, s.setFeatures(uint64(p.(U64)))
+	case ReqGetProtocolFeatures:
+		return U64(s.offeredProtocol()), nil
+	case ReqSetProtocolFeatures:
+		return nil, s.setProtocolFeatures(ProtocolFeatures(p.(U64)))
+	case ReqSetOwner:
+		return nil, nil
+	case ReqResetOwner:
+		// Deprecated; vhost-user.rst recommends ignoring it or disabling all rings.
+		return nil, s.resetDevice()
+	case ReqResetDevice:
+		if err := s.need(req, ProtocolResetDevice); err != nil {
+			return nil, err
+		}
+		return nil, s.resetDevice()
+	case ReqSetMemTable:
+		return nil, s.setMemTable(m, p.(MemoryTable))
+	case ReqGetMaxMemSlots:
+		return U64(s.srv.maxMemSlots), s.need(req, ProtocolConfigureMemSlots)
+	case ReqAddMemReg:
+		if err := s.need(req, ProtocolConfigureMemSlots); err != nil {
+			return nil, err
+		}
+		return nil, s.addMemReg(m, p.(MemRegionMsg).Region)
+	case ReqRemMemReg:
+		if err := s.need(req, ProtocolConfigureMemSlots); err != nil {
+			return nil, err
+		}
+		return nil, s.remMemReg(p.(MemRegionMsg).Region)
+	case ReqSetVringNum:
+		st := p.(VringState)
+		return nil, s.updateRing(req, st.Index, func(r *ring) { r.size = uint16(st.Num) })
+	case ReqSetVringAddr:
+		return nil, s.setVringAddr(p.(VringAddr))
+	case ReqSetVringBase:
+		return nil, s.setVringBase(p.(VringState))
+	case ReqGetVringBase:
+		return s.getVringBase(p.(VringState))
+	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
+		return nil, s.setVringFile(m, p.(VringFile))
+	case ReqSetVringEnable:
+		return nil, s.setVringEnable(p.(VringState))
+	case ReqGetQueueNum:
+		return U64(len(s.rings)), nil
+	case ReqGetConfig:
+		return s.getConfig(p.(Config))
+	case ReqSetConfig:
+		if err := s.need(req, ProtocolConfig); err != nil {
+			return nil, err
+		}
+		c := p.(Config)
+		return nil, s.dev.SetConfig(c.Offset, c.Data, c.Flags&ConfigFlagMigration != 0)
+	case ReqSetStatus:
+		if err := s.need(req, ProtocolStatus); err != nil {
+			return nil, err
+		}
+		s.status = uint8(p.(U64))
+		return nil, nil
+	case ReqGetStatus:
+		return U64(s.status), s.need(req, ProtocolStatus)
+	case ReqSetBackendReqFD:
+		if err := s.need(req, ProtocolBackendReq); err != nil {
+			return nil, err
+		}
+		if s.backendReq != nil {
+			s.backendReq.Close()
+		}
+		s.backendReq = os.NewFile(uintptr(m.takeFD(0)), "vhost-user backend channel")
+		return nil, nil
+	case ReqSendRARP:
+		return nil, s.sendRARP(uint64(p.(U64)))
+	case ReqNetSetMTU:
+		if err := s.need(req, ProtocolMTU); err != nil {
+			return nil, err
+		}
+		if d, ok := s.dev.(MTUSetter); ok {
+			return nil, d.SetMTU(uint16(p.(U64)))
+		}
+		return nil, nil
+	case ReqSetLogBase, ReqSetLogFD:
+		return nil, fmt.Errorf("%s: dirty page logging (LOG_SHMFD, VHOST_F_LOG_ALL) is %w", req, ErrNotSupported)
+	case ReqGetInflightFD, ReqSetInflightFD:
+		return nil, fmt.Errorf("%s: INFLIGHT_SHMFD is %w", req, ErrNotSupported)
+	}
+	if int(m.Request) < len(requestNames) && requestNames[m.Request] != "" {
+		return nil, fmt.Errorf("%s is %w", m.Request, ErrNotSupported)
+	}
+	return nil, fmt.Errorf("unknown request %d is %w", uint32(m.Request), ErrNotSupported)
+}
+
+// need fails a request whose protocol feature was not negotiated.
+func (s *session) need(req Request, f ProtocolFeatures) error {
+	if !s.protocol.Has(f) {
+		return fmt.Errorf("%s without protocol feature %s is %w", req, f, ErrNotSupported)
+	}
+	return nil
+}
+
+func (s *session) offeredProtocol() ProtocolFeatures {
+	return serverProtocolFeatures | s.dev.ProtocolFeatures()&deviceProtocolFeatures
+}
+
+func (s *session) setFeatures(v uint64) error {
+	offered := uint64(s.dev.Features()) | FProtocolFeatures
+	if extra := v &^ offered; extra != 0 {
+		return fmt.Errorf("ack features %s that were not offered", virtio.Features(extra))
+	}
+	if s.featuresSet && v == s.features {
+		return nil
+	}
+	if s.anyStarted() {
+		return fmt.Errorf("change features from %#x to %#x while rings run", s.features, v)
+	}
+	if err := s.dev.SetFeatures(virtio.Features(v &^ FProtocolFeatures)); err != nil {
+		return fmt.Errorf("set device features %s: %w", virtio.Features(v&^FProtocolFeatures), err)
+	}
+	s.features, s.featuresSet = v, true
+	if v&FProtocolFeatures == 0 {
+		// vhost-user.rst "Ring states": without protocol features every ring is enabled.
+		for i := range s.rings {
+			s.rings[i].enabled = true
+			if err := s.maybeStart(i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *session) setProtocolFeatures(v ProtocolFeatures) error {
+	offered := s.offeredProtocol()
+	if extra := v &^ offered; extra != 0 {
+		return fmt.Errorf("ack protocol features %s that were not offered", extra)
+	}
+	s.protocol = v
+	return nil
+}
+
+func (s *session) anyStarted() bool {
+	for i := range s.rings {
+		if s.rings[i].started {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *session) packed() bool { return virtio.Features(s.features).Has(virtio.FRingPacked) }
+
+// ringAt checks a ring index from the front-end.
+func (s *session) ringAt(req Request, index uint32) (*ring, error) {
+	if index >= uint32(len(s.rings)) {
+		return nil, fmt.Errorf("%s for ring %d of a device with %d", req, index, len(s.rings))
+	}
+	return &s.rings[index], nil
+}
+
+// stop stops ring i if it runs and keeps where it stopped as its base.
+func (s *session) stop(i int) error {
+	r := &s.rings[i]
+	if !r.started {
+		return nil
+	}
+	st, err := s.dev.StopQueue(i)
+	r.started = false
+	if err != nil {
+		return &fatalError{fmt.Errorf("stop ring %d: %w", i, err)}
+	}
+	r.base = st
+	s.log.Debug("ring stopped", "queue", i, "next_avail", st.NextAvail, "next_used", st.NextUsed)
+	return nil
+}
+
+// maybeStart starts ring i if it is complete and enabled.
+func (s *session) maybeStart(i int) error { return s.start(i, false) }
+
+// start starts ring i if it is complete and enabled. With pending, a ring whose addresses
+// the guest memory does not hold stays stopped without error, until a later memory change
+// brings them back: a front-end that adds and removes regions one by one may remove the
+// ring's region before it adds its replacement.
+func (s *session) start(i int, pending bool) error {
+	r := &s.rings[i]
+	if r.started || !r.enabled || r.kick == nil || r.size == 0 || !r.hasAddr || s.mem == nil {
+		return nil
+	}
+	q, err := s.queueSetup(i)
+	if err != nil {
+		if pending {
+			s.log.Warn("ring stays stopped until guest memory holds it", "queue", i, "error", err)
+			return nil
+		}
+		return fmt.Errorf("set up ring %d: %w", i, err)
+	}
+	if err := s.dev.StartQueue(i, q); err != nil {
+		return fmt.Errorf("start ring %d: %w", i, err)
+	}
+	r.started = true
+	s.log.Debug("ring started", "queue", i, "size", q.Size, "packed", q.Packed, "next_avail", q.NextAvail)
+	return nil
+}
+
+// updateRing applies change to a ring, stopping it first if it runs and starting it again
+// if it is still complete.
+func (s *session) updateRing(req Request, index uint32, change func(*ring)) error {
+	r, err := s.ringAt(req, index)
+	if err != nil {
+		return err
+	}
+	if err := s.stop(int(index)); err != nil {
+		return err
+	}
+	change(r)
+	return s.maybeStart(int(index))
+}
+
+// queueSetup translates and checks the ring's addresses against the guest memory.
+func (s *session) queueSetup(i int) (QueueSetup, error) {
+	r := &s.rings[i]
+	q := QueueSetup{
+		Memory:    s.mem,
+		Size:      r.size,
+		Packed:    s.packed(),
+		EventIdx:  virtio.Features(s.features).Has(virtio.FEventIdx),
+		NextAvail: r.base.NextAvail,
+		NextUsed:  r.base.NextUsed,
+		Kick:      r.kick,
+		Call:      r.call,
+		Err:       r.err,
+	}
+	n := uint64(r.size)
+	// Sizes and alignments of virtio 1.2 §2.7 (split: descriptor table, available ring,
+	// used ring, the event fields only with EVENT_IDX) and §2.8 (packed: descriptor ring,
+	// driver and device event suppression).
+	descLen, availLen, usedLen := 16*n, 4+2*n, 4+8*n
+	descAlign, availAlign, usedAlign := uint64(16), uint64(2), uint64(4)
+	if q.Packed {
+		availLen, usedLen, availAlign = 4, 4, 4
+	} else {
+		if n&(n-1) != 0 {
+			return q, fmt.Errorf("split ring size %d is not a power of two", n)
+		}
+		if q.EventIdx {
+			availLen += 2
+			usedLen += 2
+		}
+	}
+	areas := []struct {
+		name        string
+		user        uint64
+		gpa         *uint64
+		length, aln uint64
+	}{
+		{"descriptor", r.addr.DescUser, &q.DescAddr, descLen, descAlign},
+		{"available", r.addr.AvailUser, &q.AvailAddr, availLen, availAlign},
+		{"used", r.addr.UsedUser, &q.UsedAddr, usedLen, usedAlign},
+	}
+	for _, a := range areas {
+		gpa, err := s.mem.UserToGuest(a.user)
+		if err != nil {
+			return q, fmt.Errorf("translate %s area at user %#x: %w", a.name, a.user, err)
+		}
+		if gpa%a.aln != 0 {
+			return q, fmt.Errorf("%s area at guest %#x is not %d-byte aligned", a.name, gpa, a.aln)
+		}
+		if _, err := s.mem.Slice(gpa, a.length); err != nil {
+			return q, fmt.Errorf("check %s area at guest %#x, %d bytes: %w", a.name, gpa, a.length, err)
+		}
+		*a.gpa = gpa
+	}
+	return q, nil
+}
+
+func (s *session) setVringAddr(a VringAddr) error {
+	if a.Flags&VringFlagLog != 0 {
+		return fmt.Errorf("ring %d asks for used ring logging, which is %w", a.Index, ErrNotSupported)
+	}
+	return s.updateRing(ReqSetVringAddr, a.Index, func(r *ring) { r.addr, r.hasAddr = a, true })
+}
+
+// setVringBase decodes "vring descriptor index/indices".
+func (s *session) setVringBase(st VringState) error {
+	base := QueueState{NextAvail: uint16(st.Num)}
+	if s.packed() {
+		base.NextUsed = uint16(st.Num >> 16)
+	} else if st.Num>>16 != 0 {
+		return fmt.Errorf("split ring %d base %#x has reserved bits 16-31 set", st.Index, st.Num)
+	}
+	return s.updateRing(ReqSetVringBase, st.Index, func(r *ring) { r.base = base })
+}
+
+// getVringBase stops the ring and returns its base. The ring stays stopped until its next
+// kick eventfd (vhost-user.rst "Ring states"), so the current one is dropped.
+func (s *session) getVringBase(st VringState) (Payload, error) {
+	r, err := s.ringAt(ReqGetVringBase, st.Index)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.stop(int(st.Index)); err != nil {
+		return nil, err
+	}
+	if r.kick != nil {
+		r.kick.Close()
+		r.kick = nil
+	}
+	num := uint32(r.base.NextAvail)
+	if s.packed() {
+		num |= uint32(r.base.NextUsed) << 16
+	}
+	return VringState{Index: st.Index, Num: num}, nil
+}
+
+func (s *session) setVringFile(m *message, f VringFile) error {
+	if f.NoFD && m.Request == ReqSetVringKick {
+		return fmt.Errorf("ring %d without a kick eventfd: polling is %w", f.Index, ErrNotSupported)
+	}
+	if _, err := s.ringAt(m.Request, uint32(f.Index)); err != nil {
+		return err
+	}
+	var file *os.File
+	if !f.NoFD {
+		file = os.NewFile(uintptr(m.takeFD(0)), fmt.Sprintf("vhost-user ring %d %s", f.Index, m.Request))
+	}
+	return s.updateRing(m.Request, uint32(f.Index), func(r *ring) {
+		slot := &r.kick
+		switch m.Request {
+		case ReqSetVringCall:
+			slot = &r.call
+		case ReqSetVringErr:
+			slot = &r.err
+		}
+		if *slot != nil {
+			(*slot).Close()
+		}
+		*slot = file
+	})
+}
+
+func (s *session) setVringEnable(st VringState) error {
+	return s.updateRing(ReqSetVringEnable, st.Index, func(r *ring) { r.enabled = st.Num == 1 })
+}
+
+func (s *session) getConfig(c Config) (Payload, error) {
+	if err := s.need(ReqGetConfig, ProtocolConfig); err != nil {
+		return nil, err
+	}
+	size := uint32(len(c.Data))
+	data, err := s.dev.GetConfig(c.Offset, size)
+	if err != nil {
+		return nil, fmt.Errorf("read %d config bytes at %d: %w", size, c.Offset, err)
+	}
+	if len(data) != int(size) {
+		return nil, fmt.Errorf("read %d config bytes at %d: device returned %d", size, c.Offset, len(data))
+	}
+	return Config{Offset: c.Offset, Flags: c.Flags, Data: data}, nil
+}
+
+func (s *session) sendRARP(u uint64) error {
+	d, ok := s.dev.(Announcer)
+	if !ok {
+		return nil
+	}
+	// The first 6 bytes of the u64, in memory order, are the guest's MAC.
+	b := U64(u).Append(make([]byte, 0, 8))
+	return d.SendRARP(net.HardwareAddr(b[:6]))
+}
+
+// setMemTable maps a whole new table and replaces the old one.
+func (s *session) setMemTable(m *message, t MemoryTable) error {
+	maps := make([]*mapping, 0, len(t.Regions))
+	for i, r := range t.Regions {
+		mp, err := mapRegion(m.fds[i], r)
+		if err != nil {
+			unmapAll(maps)
+			return fmt.Errorf("map region %d of %d: %w", i, len(t.Regions), err)
+		}
+		maps = append(maps, mp)
+	}
+	return s.swapMemory(maps, maps, s.maps)
+}
+
+func (s *session) addMemReg(m *message, r MemoryRegion) error {
+	if len(s.maps) >= s.srv.maxMemSlots {
+		return fmt.Errorf("add region at guest %#x: all %d memory slots in use", r.GuestAddr, s.srv.maxMemSlots)
+	}
+	for _, mp := range s.maps {
+		if r.overlaps(mp.desc) {
+			return fmt.Errorf("add region at guest %#x user %#x size %#x: overlaps region at guest %#x user %#x size %#x",
+				r.GuestAddr, r.UserAddr, r.Size, mp.desc.GuestAddr, mp.desc.UserAddr, mp.desc.Size)
+		}
+	}
+	mp, err := mapRegion(m.fds[0], r)
+	if err != nil {
+		return err
+	}
+	maps := append(append(make([]*mapping, 0, len(s.maps)+1), s.maps...), mp)
+	return s.swapMemory(maps, []*mapping{mp}, nil)
+}
+
+// remMemReg removes the region with the same guest address, user address and size; the
+// mmap offset is ignored (vhost-user.rst REM_MEM_REG).
+func (s *session) remMemReg(r MemoryRegion) error {
+	for i, mp := range s.maps {
+		d := mp.desc
+		if d.GuestAddr != r.GuestAddr || d.UserAddr != r.UserAddr || d.Size != r.Size {
+			continue
+		}
+		maps := append(append(make([]*mapping, 0, len(s.maps)-1), s.maps[:i]...), s.maps[i+1:]...)
+		return s.swapMemory(maps, nil, []*mapping{mp})
+	}
+	return fmt.Errorf("remove region at guest %#x user %#x size %#x: no such region", r.GuestAddr, r.UserAddr, r.Size)
+}
+
+// swapMemory switches to the memory of maps, of which added are new and removed are
+// dropped from the current table. Running rings are stopped first, so that nothing uses
+// removed when it is unmapped, and started again over the new memory. If the switch cannot
+// happen, added are unmapped and nothing changes.
+func (s *session) swapMemory(maps, added, removed []*mapping) error {
+	mem, err := newMemory(maps)
+	for i := 0; err == nil && i < len(s.rings); i++ {
+		err = s.stop(i)
+	}
+	if err != nil {
+		unmapAll(added)
+		return err
+	}
+	s.maps, s.mem = maps, mem
+	s.retire(removed)
+	for i := range s.rings {
+		if err := s.start(i, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// retire unmaps mappings no ring uses any more.
+func (s *session) retire(maps []*mapping) {
+	for _, mp := range maps {
+		if err := mp.unmap(); err != nil {
+			s.log.Warn("unmap guest memory", "error", err)
+		}
+	}
+}
+
+func unmapAll(maps []*mapping) {
+	for _, mp := range maps {
+		mp.unmap()
+	}
+}
+
+// resetDevice stops every ring, resets the device, and forgets the rings and acked
+// features; the memory table and protocol features stay, since a front-end that adds regions
+// one by one does not send them again (vhost-user.rst RESET_DEVICE: "ready to be
+// reinitialized").
+func (s *session) resetDevice() error {
+	var errs []error
+	for i := range s.rings {
+		errs = append(errs, s.stop(i))
+	}
+	s.dev.Reset()
+	for i := range s.rings {
+		s.rings[i].closeFiles()
+		s.rings[i] = ring{}
+	}
+	s.features, s.featuresSet, s.status = 0, false, 0
+	return errors.Join(errs...)
+}
+
+// teardown releases everything of the connection: it stops the rings and resets the
+// device before it unmaps the memory and closes the descriptors the rings used.
+func (s *session) teardown() {
+	for i := range s.rings {
+		if err := s.stop(i); err != nil {
+			s.log.Error("stop ring on teardown", "queue", i, "error", err)
+		}
+	}
+	s.dev.Reset()
+	for i := range s.rings {
+		s.rings[i].closeFiles()
+	}
+	if s.backendReq != nil {
+		s.backendReq.Close()
+		s.backendReq = nil
+	}
+	s.retire(s.maps)
+	s.maps, s.mem = nil, nil
+}
+
+// fatalError marks a failure after which the session cannot go on: the device may be in a
+// state neither side knows.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
