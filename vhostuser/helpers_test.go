@@ -60,7 +60,7 @@ func (d *fakeDevice) record(format string, args ...any) {
 	d.events = append(d.events, fmt.Sprintf(format, args...))
 }
 
-func (d *fakeDevice) Features() virtio.Features           { return d.features }
+func (d *fakeDevice) Features() virtio.Features          { return d.features }
 func (d *fakeDevice) ProtocolFeatures() ProtocolFeatures { return d.proto }
 func (d *fakeDevice) NumQueues() int                     { return d.queues }
 

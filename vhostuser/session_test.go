@@ -239,7 +239,6 @@ func TestSetMemTableAndPackedRing(t *testing.T) {
 	checkNoFDLeak(t, before)
 }
 
-
 func TestReplyAckAndRefusals(t *testing.T) {
 	before := openFDs(t)
 	dev := newFakeDevice()
