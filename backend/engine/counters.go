@@ -1,0 +1,82 @@
+package engine
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+)
+
+// Counters are one queue pair's statistics. The worker adds to them once
+// per batch, never per packet under a lock; any goroutine may read them
+// while it runs.
+type Counters struct {
+	TXPackets atomic.Uint64 // frames written to the TAP
+	TXBytes   atomic.Uint64 // their bytes, without the vnet header
+	RXPackets atomic.Uint64 // frames delivered to the guest
+	RXBytes   atomic.Uint64 // their bytes, without the vnet header
+
+	TXDropBadHeader     atomic.Uint64 // the guest's vnet header broke the negotiated rules
+	TXDropBadDescriptor atomic.Uint64 // a malformed TX chain (returned with length 0)
+	TXDropKernel        atomic.Uint64 // the kernel refused the write
+	RXDropBadDescriptor atomic.Uint64 // a malformed RX chain (returned with length 0)
+	RXDropTruncated     atomic.Uint64 // a frame larger than the guest's buffers
+	RXDropKernel        atomic.Uint64 // a read error other than "no frame"
+
+	RXWaitBuffers atomic.Uint64 // times the worker stopped reading the TAP for want of guest buffers
+	TXKicks       atomic.Uint64 // TX kicks received
+	RXKicks       atomic.Uint64 // RX kicks received
+	TXInterrupts  atomic.Uint64 // TX used-ring interrupts sent
+	RXInterrupts  atomic.Uint64 // RX used-ring interrupts sent
+	TXBatches     atomic.Uint64 // TX passes that moved at least one frame
+	RXBatches     atomic.Uint64 // RX passes that moved at least one frame
+	BrokenRings   atomic.Uint64 // rings abandoned as unusable until reset
+}
+
+// Snapshot is a copy of Counters at one moment, for printing and tests.
+type Snapshot struct {
+	TXPackets, TXBytes, RXPackets, RXBytes                      uint64
+	TXDropBadHeader, TXDropBadDescriptor, TXDropKernel          uint64
+	RXDropBadDescriptor, RXDropTruncated, RXDropKernel          uint64
+	RXWaitBuffers, TXKicks, RXKicks, TXInterrupts, RXInterrupts uint64
+	TXBatches, RXBatches, BrokenRings                           uint64
+}
+
+// Snapshot reads every counter.
+func (c *Counters) Snapshot() Snapshot {
+	return Snapshot{
+		TXPackets: c.TXPackets.Load(), TXBytes: c.TXBytes.Load(),
+		RXPackets: c.RXPackets.Load(), RXBytes: c.RXBytes.Load(),
+		TXDropBadHeader: c.TXDropBadHeader.Load(), TXDropBadDescriptor: c.TXDropBadDescriptor.Load(),
+		TXDropKernel: c.TXDropKernel.Load(), RXDropBadDescriptor: c.RXDropBadDescriptor.Load(),
+		RXDropTruncated: c.RXDropTruncated.Load(), RXDropKernel: c.RXDropKernel.Load(),
+		RXWaitBuffers: c.RXWaitBuffers.Load(), TXKicks: c.TXKicks.Load(), RXKicks: c.RXKicks.Load(),
+		TXInterrupts: c.TXInterrupts.Load(), RXInterrupts: c.RXInterrupts.Load(),
+		TXBatches: c.TXBatches.Load(), RXBatches: c.RXBatches.Load(), BrokenRings: c.BrokenRings.Load(),
+	}
+}
+
+// String prints the non-zero counters as key=value pairs.
+func (s Snapshot) String() string {
+	var b strings.Builder
+	for _, kv := range []struct {
+		k string
+		v uint64
+	}{
+		{"tx_packets", s.TXPackets}, {"tx_bytes", s.TXBytes}, {"rx_packets", s.RXPackets}, {"rx_bytes", s.RXBytes},
+		{"tx_drop_bad_header", s.TXDropBadHeader}, {"tx_drop_bad_descriptor", s.TXDropBadDescriptor},
+		{"tx_drop_kernel", s.TXDropKernel}, {"rx_drop_bad_descriptor", s.RXDropBadDescriptor},
+		{"rx_drop_truncated", s.RXDropTruncated}, {"rx_drop_kernel", s.RXDropKernel},
+		{"rx_wait_buffers", s.RXWaitBuffers}, {"tx_kicks", s.TXKicks}, {"rx_kicks", s.RXKicks},
+		{"tx_interrupts", s.TXInterrupts}, {"rx_interrupts", s.RXInterrupts},
+		{"tx_batches", s.TXBatches}, {"rx_batches", s.RXBatches}, {"broken_rings", s.BrokenRings},
+	} {
+		if kv.v == 0 && !strings.HasSuffix(kv.k, "packets") {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", kv.k, kv.v)
+	}
+	return b.String()
+}

@@ -1,0 +1,12 @@
+// Package engine is vmnet's data path: a QueuePair moves frames between one
+// guest queue pair (an RX and a TX virtqueue in guest memory) and one TAP
+// queue file, without copying them. The guest's vnet header passes through:
+// the TAP's vnet header size equals the guest's header size.
+//
+// It is handed guest memory and virtqueues (virtio.Queue), kick eventfds,
+// call notifiers and a TAP file, by vhost-user or by an embedding VMM
+// alike, and never learns which. It owns one worker goroutine and one
+// epoll instance per running queue pair, and nothing else: the queues,
+// eventfds and TAP file stay the caller's. It never logs per packet; it
+// counts.
+package engine

@@ -1,0 +1,58 @@
+package engine
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// iovecs is a reusable iovec array: readv and writev straight over guest
+// memory slices without the allocation unix.Readv/Writev make per call.
+type iovecs struct {
+	v []unix.Iovec
+}
+
+func (io *iovecs) reset() { io.v = io.v[:0] }
+
+// add appends the non-empty buffers of bufs.
+func (io *iovecs) add(bufs [][]byte) {
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		io.v = append(io.v, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+	}
+}
+
+// addOne appends one non-empty buffer.
+func (io *iovecs) addOne(b []byte) {
+	if len(b) > 0 {
+		io.v = append(io.v, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+	}
+}
+
+// readv fills the iovecs from fd. EINTR is retried.
+func (io *iovecs) readv(fd int) (int, error) {
+	return io.rw(unix.SYS_READV, fd)
+}
+
+// writev sends the iovecs to fd as one frame. EINTR is retried.
+func (io *iovecs) writev(fd int) (int, error) {
+	return io.rw(unix.SYS_WRITEV, fd)
+}
+
+func (io *iovecs) rw(trap uintptr, fd int) (int, error) {
+	if len(io.v) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, errno := unix.Syscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&io.v[0])), uintptr(len(io.v)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}

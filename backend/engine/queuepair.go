@@ -1,0 +1,311 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/virtio"
+	"golang.org/x/sys/unix"
+)
+
+// Notifier interrupts the guest: an irqfd or vhost-user call eventfd
+// (*EventFD), or whatever an embedding VMM uses.
+type Notifier interface {
+	Notify() error
+}
+
+// Config is everything a queue pair needs. vhost-user and an embedding VMM
+// fill it the same way; the engine never learns which one did.
+type Config struct {
+	// Index is the queue pair's number, for logs.
+	Index int
+
+	// RX is the receive virtqueue (the device writes: virtqueue 2N), TX the
+	// transmit one (the device reads: 2N+1). The engine uses them from its
+	// worker only, between Start and Stop.
+	RX, TX virtio.Queue
+
+	// RXKick and TXKick are the driver's doorbells. The caller owns them.
+	RXKick, TXKick *EventFD
+
+	// RXCall and TXCall interrupt the driver after used buffers.
+	RXCall, TXCall Notifier
+
+	// TAP is the queue's file: one frame per read or write, preceded by a
+	// vnet header of HdrLen bytes (a TAP queue file, or a SOCK_SEQPACKET
+	// socket in tests). The caller owns it and keeps it open until Stop
+	// returns.
+	TAP *os.File
+
+	// HdrLen is the virtio-net header size the guest negotiated
+	// (virtio.HdrLenFor); the TAP's vnet header size must match it, so the
+	// header passes through untouched.
+	HdrLen int
+
+	// Features are the features the guest acked.
+	Features virtio.Features
+
+	// Endian is the byte order of the header's fields (virtio.EndianFor).
+	Endian virtio.Endian
+
+	// MTU bounds the frames the guest can receive when it negotiated no
+	// receive offload. 0 means 1500.
+	MTU int
+
+	// Budget is the most chains one direction handles before the worker
+	// looks at the other. 0 means 64.
+	Budget int
+
+	// BusyPoll keeps the worker polling the rings and the TAP for this
+	// long after its last work before it sleeps (like vhost-net's poll_us).
+	// 0 sleeps at once.
+	BusyPoll time.Duration
+
+	// Counters receives the statistics; nil makes the queue pair its own.
+	Counters *Counters
+
+	// Logger receives log lines; nil means none.
+	Logger hclog.Logger
+}
+
+// QueuePair moves frames between one RX/TX virtqueue pair and one TAP
+// queue file, in one worker goroutine.
+type QueuePair struct {
+	cfg   Config
+	log   hclog.Logger
+	ctr   *Counters
+	tapFd int
+
+	mu      sync.Mutex
+	running bool
+	stop    *EventFD
+	done    chan error
+
+	tx txState
+	rx rxState
+}
+
+// New checks cfg and prepares a queue pair; Start runs it.
+func New(cfg Config) (*QueuePair, error) {
+	switch {
+	case cfg.RX == nil || cfg.TX == nil:
+		return nil, errors.New("new queue pair: RX and TX queues are required")
+	case cfg.RXKick == nil || cfg.TXKick == nil:
+		return nil, errors.New("new queue pair: RX and TX kick eventfds are required")
+	case cfg.RXCall == nil || cfg.TXCall == nil:
+		return nil, errors.New("new queue pair: RX and TX call notifiers are required")
+	case cfg.TAP == nil:
+		return nil, errors.New("new queue pair: TAP file is required")
+	}
+	switch cfg.HdrLen {
+	case virtio.HdrLenLegacy, virtio.HdrLenV1, virtio.HdrLenHash:
+	default:
+		return nil, fmt.Errorf("new queue pair: header length %d, want 10, 12 or 20", cfg.HdrLen)
+	}
+	if want := virtio.HdrLenFor(cfg.Features); cfg.HdrLen != want {
+		return nil, fmt.Errorf("new queue pair: header length %d, but features %v imply %d", cfg.HdrLen, cfg.Features, want)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	if cfg.MTU < 68 || cfg.MTU > 65535 {
+		return nil, fmt.Errorf("new queue pair: MTU %d, want 68 to 65535", cfg.MTU)
+	}
+	if cfg.Budget == 0 {
+		cfg.Budget = 64
+	}
+	if cfg.Budget < 1 {
+		return nil, fmt.Errorf("new queue pair: budget %d, want at least 1", cfg.Budget)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Counters == nil {
+		cfg.Counters = new(Counters)
+	}
+	var tapFd int
+	rc, err := cfg.TAP.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("new queue pair: TAP file: %w", err)
+	}
+	if err := rc.Control(func(fd uintptr) { tapFd = int(fd) }); err != nil {
+		return nil, fmt.Errorf("new queue pair: TAP file: %w", err)
+	}
+	qp := &QueuePair{
+		cfg:   cfg,
+		log:   cfg.Logger.With("queue", cfg.Index),
+		ctr:   cfg.Counters,
+		tapFd: tapFd,
+	}
+	qp.tx.init(qp)
+	qp.rx.init(qp)
+	return qp, nil
+}
+
+// Counters are the queue pair's statistics.
+func (qp *QueuePair) Counters() *Counters { return qp.ctr }
+
+// Start runs the worker. Starting a running queue pair is an error.
+func (qp *QueuePair) Start() error {
+	qp.mu.Lock()
+	defer qp.mu.Unlock()
+	if qp.running {
+		return fmt.Errorf("start queue pair %d: already running", qp.cfg.Index)
+	}
+	stop, err := NewEventFD()
+	if err != nil {
+		return fmt.Errorf("start queue pair %d: %w", qp.cfg.Index, err)
+	}
+	p, err := qp.newPoller(stop)
+	if err != nil {
+		stop.Close()
+		return fmt.Errorf("start queue pair %d: %w", qp.cfg.Index, err)
+	}
+	qp.stop = stop
+	qp.done = make(chan error, 1)
+	qp.running = true
+	go func() { qp.done <- qp.run(p) }()
+	return nil
+}
+
+// Stop ends the worker and waits for it. Frames already handed to the
+// guest or the TAP stay delivered; receive buffers popped but not filled
+// go back to the driver unused. After Stop the queues are the caller's
+// again (NextAvail is what GET_VRING_BASE reports). Stopping a stopped
+// queue pair does nothing.
+func (qp *QueuePair) Stop() error {
+	qp.mu.Lock()
+	defer qp.mu.Unlock()
+	if !qp.running {
+		return nil
+	}
+	qp.running = false
+	if err := qp.stop.Notify(); err != nil {
+		return fmt.Errorf("stop queue pair %d: %w", qp.cfg.Index, err)
+	}
+	err := <-qp.done
+	qp.stop.Close()
+	qp.stop = nil
+	return err
+}
+
+// Event tags in the poller.
+const (
+	tagStop int32 = iota
+	tagTXKick
+	tagRXKick
+	tagTAP
+)
+
+func (qp *QueuePair) newPoller(stop *EventFD) (*poller, error) {
+	p, err := newPoller()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range []struct {
+		fd  int
+		tag int32
+	}{
+		{stop.Fd(), tagStop},
+		{qp.cfg.TXKick.Fd(), tagTXKick},
+		{qp.cfg.RXKick.Fd(), tagRXKick},
+		{qp.tapFd, tagTAP},
+	} {
+		if err := p.add(w.fd, w.tag, unix.EPOLLIN); err != nil {
+			p.close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// run is the worker: it handles TX and RX in turns, each up to Budget
+// chains, and sleeps in epoll_wait when neither has work.
+func (qp *QueuePair) run(p *poller) error {
+	defer p.close()
+	tx, rx := &qp.tx, &qp.rx
+	// Look at both rings once: the driver may have posted buffers before
+	// the kicks were wired (a restart after GET_VRING_BASE).
+	tx.pending = true
+	rx.tapReadable = true
+	tapWatched := true
+	lastWork := time.Now()
+	busy := qp.cfg.BusyPoll
+	for {
+		work := false
+		if tx.pending && !tx.broken {
+			if tx.process() {
+				work = true
+			}
+		}
+		if rx.tapReadable && !rx.starved && !rx.broken {
+			if rx.process() {
+				work = true
+			}
+		}
+		// Read the TAP only while the guest has buffers for it; otherwise
+		// the level-triggered TAP fd would wake the worker for nothing.
+		if want := !rx.starved && !rx.broken; want != tapWatched {
+			ev := uint32(0)
+			if want {
+				ev = unix.EPOLLIN
+			}
+			if err := p.modify(qp.tapFd, tagTAP, ev); err != nil {
+				return qp.fail(err)
+			}
+			tapWatched = want
+		}
+		if work {
+			lastWork = time.Now()
+			continue
+		}
+		timeout := -1
+		if busy > 0 && time.Since(lastWork) < busy {
+			timeout = 0
+			// Poll the rings themselves, as vhost-net's busy poll does.
+			tx.pending, rx.tapReadable = true, true
+		}
+		events, err := p.wait(timeout)
+		if err != nil {
+			return qp.fail(err)
+		}
+		for _, ev := range events {
+			switch ev.Fd {
+			case tagStop:
+				qp.stop.Drain()
+				rx.release()
+				return nil
+			case tagTXKick:
+				qp.cfg.TXKick.Drain()
+				qp.ctr.TXKicks.Add(1)
+				tx.pending = true
+			case tagRXKick:
+				qp.cfg.RXKick.Drain()
+				qp.ctr.RXKicks.Add(1)
+				rx.kicked()
+			case tagTAP:
+				rx.tapReadable = true
+			}
+		}
+	}
+}
+
+func (qp *QueuePair) fail(err error) error {
+	qp.log.Error("queue pair worker stopped", "error", err)
+	qp.rx.release()
+	return fmt.Errorf("queue pair %d: %w", qp.cfg.Index, err)
+}
+
+// validateTX checks a TX header the guest wrote, already copied out of
+// guest memory, against the negotiated features.
+func (qp *QueuePair) validateTX(hdr []byte, frameLen int) error {
+	var h virtio.NetHdr
+	if err := h.Decode(hdr, qp.cfg.HdrLen, qp.cfg.Endian); err != nil {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,290 @@
+package engine
+
+import (
+	"errors"
+
+	"github.com/vmnet-dev/vmnet/virtio"
+	"golang.org/x/sys/unix"
+)
+
+// rxState is the TAP → guest direction: pop enough receive chains for the
+// largest frame the guest may get, readv the next frame straight into
+// them, then return as many as it filled. The kernel writes the vnet
+// header; the engine adds num_buffers (virtio 1.2 §5.1.6.4).
+//
+// Chains popped but not yet filled stay pending, in pop order, for the
+// next frame: with VIRTIO_NET_F_MRG_RXBUF one frame may span many of them,
+// and the frame's size is known only after the read.
+type rxState struct {
+	qp       *QueuePair
+	q        virtio.Queue
+	chains   []virtio.Chain // a ring of pending chains, len == queue size
+	head     int            // first pending chain
+	count    int            // pending chains
+	capacity uint64         // their writable bytes
+	iov      iovecs
+	mrg      bool
+	maxFrame uint64 // vnet header plus the largest frame the guest may receive
+
+	tapReadable bool // the TAP may hold a frame
+	starved     bool // waiting for the driver to post buffers (kick armed)
+	broken      bool
+	logged      uint64
+}
+
+// maxGSOFrame is the largest frame a GSO skb can be: 64 KiB of IP packet
+// behind an Ethernet header with one VLAN tag.
+const maxGSOFrame = 65535 + 14 + 4
+
+func (r *rxState) init(qp *QueuePair) {
+	r.qp = qp
+	r.q = qp.cfg.RX
+	r.chains = make([]virtio.Chain, qp.cfg.RX.Size())
+	r.iov.v = make([]unix.Iovec, 0, 64)
+	f := qp.cfg.Features
+	r.mrg = f.Has(virtio.NetFMrgRxbuf)
+	frame := uint64(qp.cfg.MTU) + 14 + 4
+	if f&(virtio.NetFGuestTSO4|virtio.NetFGuestTSO6|virtio.NetFGuestUFO|virtio.NetFGuestUSO4|virtio.NetFGuestUSO6) != 0 {
+		frame = maxGSOFrame
+	}
+	r.maxFrame = uint64(qp.cfg.HdrLen) + frame
+}
+
+// kicked handles an RX kick: the driver posted buffers.
+func (r *rxState) kicked() {
+	if r.starved {
+		r.starved = false
+		r.q.DisableNotify()
+	}
+	r.tapReadable = true
+}
+
+// process delivers up to Budget frames and reports whether it delivered
+// any.
+func (r *rxState) process() bool {
+	qp := r.qp
+	hdrLen := qp.cfg.HdrLen
+	var packets, bytes, truncated, kernel, badDesc uint64
+	pushed := 0
+	for packets+truncated < uint64(qp.cfg.Budget) {
+		ok, bad := r.fill()
+		badDesc += bad
+		pushed += int(bad)
+		if !ok {
+			if !r.broken {
+				r.starved = true
+				qp.ctr.RXWaitBuffers.Add(1)
+			}
+			break
+		}
+		r.iov.reset()
+		if r.mrg {
+			for i := 0; i < r.count; i++ {
+				r.iov.add(r.chains[(r.head+i)%len(r.chains)].Writable)
+			}
+		} else {
+			r.iov.add(r.chains[r.head].Writable)
+		}
+		n, err := r.iov.readv(qp.tapFd)
+		if err == unix.EAGAIN {
+			r.tapReadable = false
+			break
+		}
+		if err != nil {
+			// tun_put_user fails with EFAULT when the frame does not fit
+			// the buffers: the kernel has dropped it.
+			if err == unix.EFAULT || err == unix.EINVAL {
+				truncated++
+				r.logDrop("frame larger than the guest's receive buffers", err)
+				continue
+			}
+			kernel++
+			r.logDrop("TAP read failed", err)
+			if err == unix.EBADFD {
+				// The queue was detached from the device: nothing will come.
+				r.tapReadable = false
+				break
+			}
+			continue
+		}
+		if n < hdrLen {
+			kernel++
+			continue
+		}
+		pushed += r.deliver(n)
+		packets++
+		bytes += uint64(n - hdrLen)
+	}
+	if pushed > 0 {
+		r.q.Flush()
+		if r.q.NeedsInterrupt() {
+			if err := qp.cfg.RXCall.Notify(); err != nil {
+				qp.log.Warn("RX interrupt failed", "error", err)
+			}
+			qp.ctr.RXInterrupts.Add(1)
+		}
+	}
+	c := qp.ctr
+	if packets > 0 {
+		c.RXPackets.Add(packets)
+		c.RXBytes.Add(bytes)
+		c.RXBatches.Add(1)
+	}
+	if truncated > 0 {
+		c.RXDropTruncated.Add(truncated)
+	}
+	if kernel > 0 {
+		c.RXDropKernel.Add(kernel)
+	}
+	if badDesc > 0 {
+		c.RXDropBadDescriptor.Add(badDesc)
+	}
+	return packets+truncated+badDesc > 0
+}
+
+// fill pops chains until the pending ones can take the largest frame, or
+// the driver has no more. It returns whether a read may go ahead, and how
+// many malformed chains it returned to the driver.
+func (r *rxState) fill() (ok bool, bad uint64) {
+	hdrLen := uint64(r.qp.cfg.HdrLen)
+	for {
+		if r.count > 0 && (!r.mrg || r.capacity >= r.maxFrame) {
+			return true, bad
+		}
+		if r.count == len(r.chains) {
+			// The driver gave every buffer the ring holds: read with
+			// them, however few bytes they add up to.
+			return true, bad
+		}
+		slot := &r.chains[(r.head+r.count)%len(r.chains)]
+		got, err := r.q.Pop(slot)
+		if err != nil {
+			if !errors.Is(err, virtio.ErrBadChain) {
+				r.breakRing(err)
+				return false, bad
+			}
+			r.logDrop("malformed RX chain", err)
+			r.pushSlot(slot, 0)
+			bad++
+			continue
+		}
+		if !got {
+			if r.q.EnableNotify() {
+				r.q.DisableNotify()
+				continue
+			}
+			return false, bad
+		}
+		if uint64(slot.WriteLen) < hdrLen {
+			// No room for even the header: virtio 1.2 §5.1.6.3.1 wants
+			// every receive buffer to hold at least the header.
+			r.logDrop("RX chain smaller than the header", nil)
+			r.pushSlot(slot, 0)
+			bad++
+			continue
+		}
+		r.count++
+		r.capacity += uint64(slot.WriteLen)
+	}
+}
+
+// deliver returns the chains holding an n-byte read (header included) to
+// the driver and sets num_buffers. It returns how many it pushed.
+func (r *rxState) deliver(n int) int {
+	hdrLen := r.qp.cfg.HdrLen
+	first := &r.chains[r.head]
+	used := 1
+	if r.mrg {
+		left := uint64(n)
+		for used = 0; left > 0 && used < r.count; used++ {
+			left -= min(left, uint64(r.chains[(r.head+used)%len(r.chains)].WriteLen))
+		}
+	}
+	r.finishHeader(first, hdrLen)
+	if hdrLen >= virtio.HdrLenV1 {
+		if w := first.Writable[0]; len(w) >= virtio.HdrLenV1 {
+			virtio.PutNumBuffers(w, uint16(used), r.qp.cfg.Endian)
+		} else {
+			// The header spans descriptors (virtio 1.2 §5.1.6.4 allows
+			// any framing): set the field in a copy, then scatter it.
+			var h [virtio.HdrLenV1]byte
+			virtio.PutNumBuffers(h[:], uint16(used), r.qp.cfg.Endian)
+			scatterPut(first.Writable, virtio.HdrLenLegacy, h[virtio.HdrLenLegacy:])
+		}
+	}
+	left := uint64(n)
+	for i := 0; i < used; i++ {
+		c := &r.chains[r.head]
+		take := min(left, uint64(c.WriteLen))
+		left -= take
+		r.pushSlot(c, uint32(take))
+		r.capacity -= uint64(c.WriteLen)
+		r.head = (r.head + 1) % len(r.chains)
+		r.count--
+	}
+	return used
+}
+
+// finishHeader clears what the kernel left unwritten in the header: tun
+// writes struct virtio_net_hdr (10 bytes) and skips the rest of its vnet
+// header size, so hash fields would hold stale guest bytes.
+func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
+	if hdrLen == virtio.HdrLenHash {
+		var zero [virtio.HdrLenHash - virtio.HdrLenV1]byte
+		scatterPut(c.Writable, virtio.HdrLenV1, zero[:])
+	}
+}
+
+// release returns every pending chain unused, when the worker stops.
+func (r *rxState) release() {
+	if r.count == 0 {
+		return
+	}
+	for r.count > 0 {
+		r.pushSlot(&r.chains[r.head], 0)
+		r.head = (r.head + 1) % len(r.chains)
+		r.count--
+	}
+	r.capacity = 0
+	r.q.Flush()
+	if r.q.NeedsInterrupt() {
+		r.qp.cfg.RXCall.Notify()
+	}
+}
+
+func (r *rxState) pushSlot(c *virtio.Chain, written uint32) {
+	if err := r.q.Push(c, written); err != nil {
+		r.breakRing(err)
+	}
+}
+
+func (r *rxState) breakRing(err error) {
+	r.broken = true
+	r.qp.ctr.BrokenRings.Add(1)
+	r.qp.log.Error("RX ring unusable until the device is reset", "error", err)
+}
+
+func (r *rxState) logDrop(what string, err error) {
+	r.logged++
+	if r.logged <= 8 || r.logged%1024 == 0 {
+		if r.qp.log.IsDebug() {
+			r.qp.log.Debug(what, "error", err, "drops", r.logged)
+		}
+	}
+}
+
+// scatterPut writes src at byte offset off of the buffers bufs.
+func scatterPut(bufs [][]byte, off int, src []byte) {
+	for _, b := range bufs {
+		if len(src) == 0 {
+			return
+		}
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n := copy(b[off:], src)
+		src = src[n:]
+		off = 0
+	}
+}

@@ -1,0 +1,164 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vmnet-dev/vmnet/virtio"
+	"golang.org/x/sys/unix"
+)
+
+// minFrame is an Ethernet header: anything shorter is no frame.
+const minFrame = 14
+
+// txState is the guest → TAP direction: pop a chain, copy its vnet header
+// out of guest memory, validate the copy, and writev the copy plus the
+// rest of the chain (still in guest memory) to the TAP in one frame.
+type txState struct {
+	qp      *QueuePair
+	q       virtio.Queue
+	chain   virtio.Chain
+	iov     iovecs
+	hdr     [virtio.HdrLenHash]byte // the header, read once
+	pending bool                    // the ring may hold chains
+	broken  bool                    // the ring is unusable until reset
+	logged  uint64                  // drops logged so far (rate limit)
+}
+
+func (t *txState) init(qp *QueuePair) {
+	t.qp = qp
+	t.q = qp.cfg.TX
+	t.iov.v = make([]unix.Iovec, 0, 64)
+}
+
+// process moves up to Budget frames and reports whether it moved any. It
+// leaves pending set when the ring may hold more.
+func (t *txState) process() bool {
+	qp := t.qp
+	hdrLen := qp.cfg.HdrLen
+	var packets, bytes, badHdr, badDesc, kernel uint64
+	pushed := 0
+	t.q.DisableNotify()
+	for pushed < qp.cfg.Budget {
+		ok, err := t.q.Pop(&t.chain)
+		if err != nil {
+			if !errors.Is(err, virtio.ErrBadChain) {
+				t.breakRing(err)
+				break
+			}
+			badDesc++
+			t.logDrop("malformed TX chain", err)
+			t.push(0)
+			pushed++
+			continue
+		}
+		if !ok {
+			// Empty: ask for a kick, then look once more so a chain added
+			// in between is not left waiting for one.
+			if t.q.EnableNotify() {
+				t.q.DisableNotify()
+				continue
+			}
+			t.pending = false
+			break
+		}
+		pushed++
+		frameLen := int(t.chain.ReadLen) - hdrLen
+		if frameLen < minFrame {
+			badHdr++
+			t.logDrop("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", t.chain.ReadLen, hdrLen))
+			t.push(0)
+			continue
+		}
+		gather(t.hdr[:hdrLen], t.chain.Readable)
+		if err := qp.validateTX(t.hdr[:hdrLen], frameLen); err != nil {
+			badHdr++
+			t.logDrop("bad TX header", err)
+			t.push(0)
+			continue
+		}
+		t.iov.reset()
+		t.iov.addOne(t.hdr[:hdrLen])
+		t.iov.addAfter(t.chain.Readable, hdrLen)
+		if _, err := t.iov.writev(qp.tapFd); err != nil {
+			kernel++
+			t.logDrop("TAP refused TX frame", err)
+		} else {
+			packets++
+			bytes += uint64(frameLen)
+		}
+		t.push(0)
+	}
+	if pushed > 0 {
+		t.q.Flush()
+		if t.q.NeedsInterrupt() {
+			if err := qp.cfg.TXCall.Notify(); err != nil {
+				qp.log.Warn("TX interrupt failed", "error", err)
+			}
+			qp.ctr.TXInterrupts.Add(1)
+		}
+	}
+	c := qp.ctr
+	if packets > 0 {
+		c.TXPackets.Add(packets)
+		c.TXBytes.Add(bytes)
+		c.TXBatches.Add(1)
+	}
+	if badHdr > 0 {
+		c.TXDropBadHeader.Add(badHdr)
+	}
+	if badDesc > 0 {
+		c.TXDropBadDescriptor.Add(badDesc)
+	}
+	if kernel > 0 {
+		c.TXDropKernel.Add(kernel)
+	}
+	return pushed > 0
+}
+
+func (t *txState) push(written uint32) {
+	if err := t.q.Push(&t.chain, written); err != nil {
+		// Only a bug in the engine gets here: the chain was popped.
+		t.breakRing(err)
+	}
+}
+
+func (t *txState) breakRing(err error) {
+	t.broken = true
+	t.pending = false
+	t.qp.ctr.BrokenRings.Add(1)
+	t.qp.log.Error("TX ring unusable until the device is reset", "error", err)
+}
+
+// logDrop logs the first drops and then every 1024th, at debug level.
+func (t *txState) logDrop(what string, err error) {
+	t.logged++
+	if t.logged <= 8 || t.logged%1024 == 0 {
+		if t.qp.log.IsDebug() {
+			t.qp.log.Debug(what, "error", err, "drops", t.logged)
+		}
+	}
+}
+
+// gather copies the first len(dst) bytes of bufs into dst.
+func gather(dst []byte, bufs [][]byte) {
+	n := 0
+	for _, b := range bufs {
+		if n == len(dst) {
+			return
+		}
+		n += copy(dst[n:], b)
+	}
+}
+
+// addAfter appends bufs without their first skip bytes.
+func (io *iovecs) addAfter(bufs [][]byte, skip int) {
+	for _, b := range bufs {
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		io.addOne(b[skip:])
+		skip = 0
+	}
+}
