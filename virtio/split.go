@@ -197,9 +197,11 @@ func (q *SplitQueue) walk(c *Chain, head uint16) *ChainError {
 			continue
 		}
 		count++
-		if count > uint32(q.size) || inTable > n {
-			limit := min(uint32(q.size), n)
-			return &ChainError{Rule: RuleChainLen, Desc: i, Indirect: indirect, Got: uint64(count), Limit: uint64(limit)}
+		if count > uint32(q.size) {
+			return &ChainError{Rule: RuleChainLen, Desc: i, Indirect: indirect, Got: uint64(count), Limit: uint64(q.size)}
+		}
+		if inTable > n {
+			return &ChainError{Rule: RuleChainLen, Desc: i, Indirect: indirect, Got: uint64(inTable), Limit: uint64(n)}
 		}
 		if e := c.add(q.mem, addr, length, flags&descFWrite != 0); e != nil {
 			e.Desc, e.Indirect = i, indirect

@@ -356,16 +356,26 @@ func (g *Guest) split(n int, flags uint16) {
 	}
 }
 
-// indirectTable writes g.list into id's indirect table, entry j linking to
-// j+1, and returns the descriptor that points to the table.
+// indirectTable writes g.list into id's indirect table (split: entry j
+// linking to j+1) and returns the descriptor that points to the table.
 func (g *Guest) indirectTable(id uint16) Desc {
 	t := g.tableOff + uint64(id)*g.tableSize
 	for j, d := range g.list {
+		b := g.buf[t+16*uint64(j):]
+		if g.packed {
+			// struct pvirtq_desc: id then flags; only WRITE counts
+			// (virtio 1.2 §2.8.7).
+			binary.LittleEndian.PutUint64(b, d.Addr)
+			binary.LittleEndian.PutUint32(b[8:], d.Len)
+			binary.LittleEndian.PutUint16(b[12:], 0)
+			binary.LittleEndian.PutUint16(b[14:], d.Flags)
+			continue
+		}
 		if j+1 < len(g.list) {
 			d.Flags |= FlagNext
 			d.Next = uint16(j + 1)
 		}
-		putDesc(g.buf[t+16*uint64(j):], d)
+		putDesc(b, d)
 	}
 	return Desc{Addr: g.base + t, Len: uint32(16 * len(g.list)), Flags: FlagIndirect}
 }
