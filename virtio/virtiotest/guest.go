@@ -437,10 +437,14 @@ func (g *Guest) WriteDesc(i uint16, d Desc) {
 // ReadDesc returns descriptor i of the split table or packed ring.
 func (g *Guest) ReadDesc(i uint16) Desc {
 	b := g.buf[g.descOffset(i%g.size):]
-	return Desc{
-		Addr: binary.LittleEndian.Uint64(b), Len: binary.LittleEndian.Uint32(b[8:]),
-		Flags: binary.LittleEndian.Uint16(b[12:]), Next: binary.LittleEndian.Uint16(b[14:]),
+	d := Desc{Addr: binary.LittleEndian.Uint64(b), Len: binary.LittleEndian.Uint32(b[8:])}
+	if g.packed {
+		w := load32(wordAt(g.buf, g.descOffset(i%g.size)+12))
+		d.Next, d.Flags = uint16(w), uint16(w>>16)
+	} else {
+		d.Flags, d.Next = binary.LittleEndian.Uint16(b[12:]), binary.LittleEndian.Uint16(b[14:])
 	}
+	return d
 }
 
 // PublishHead puts head in the next split avail ring entry and bumps idx,
