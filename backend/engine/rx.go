@@ -23,6 +23,7 @@ type rxState struct {
 	count    int            // pending chains
 	capacity uint64         // their writable bytes
 	iov      iovecs
+	spill    []byte // catches the excess of a frame too big for the guest
 	mrg      bool
 	maxFrame uint64 // vnet header plus the largest frame the guest may receive
 
@@ -48,6 +49,7 @@ func (r *rxState) init(qp *QueuePair) {
 		frame = maxGSOFrame
 	}
 	r.maxFrame = uint64(qp.cfg.HdrLen) + frame
+	r.spill = make([]byte, virtio.HdrLenHash+maxGSOFrame)
 }
 
 // kicked handles an RX kick: the driver posted buffers.
@@ -78,26 +80,26 @@ func (r *rxState) process() bool {
 			break
 		}
 		r.iov.reset()
+		readCap := r.capacity
 		if r.mrg {
 			for i := 0; i < r.count; i++ {
 				r.iov.add(r.chains[(r.head+i)%len(r.chains)].Writable)
 			}
 		} else {
 			r.iov.add(r.chains[r.head].Writable)
+			readCap = uint64(r.chains[r.head].WriteLen)
 		}
+		// The kernel truncates a frame that does not fit and reports only
+		// what it copied (tun_put_user, skb_copy_datagram_iter), so an
+		// exact fit and a truncation look alike. A spill buffer behind the
+		// guest's tells them apart.
+		r.iov.addOne(r.spill)
 		n, err := r.iov.readv(qp.tapFd)
 		if err == unix.EAGAIN {
 			r.tapReadable = false
 			break
 		}
 		if err != nil {
-			// tun_put_user fails with EFAULT when the frame does not fit
-			// the buffers: the kernel has dropped it.
-			if err == unix.EFAULT || err == unix.EINVAL {
-				truncated++
-				r.logDrop("frame larger than the guest's receive buffers", err)
-				continue
-			}
 			kernel++
 			r.logDrop("TAP read failed", err)
 			if err == unix.EBADFD {
@@ -109,6 +111,13 @@ func (r *rxState) process() bool {
 		}
 		if n < hdrLen {
 			kernel++
+			continue
+		}
+		if uint64(n) > readCap {
+			// Too big for the guest's buffers: drop it and keep the
+			// chains for the next frame.
+			truncated++
+			r.logDrop("frame larger than the guest's receive buffers", nil)
 			continue
 		}
 		pushed += r.deliver(n)
