@@ -7,11 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
-	"github.com/vishvananda/netns"
 )
 
 // tapRig is a queue pair over queue 0 of a real multi-queue TAP in a fresh
