@@ -570,3 +570,41 @@ func TestNetNSMissing(t *testing.T) {
 		t.Errorf("got %v, want an error naming the namespace", err)
 	}
 }
+
+func TestSndBufAndVnetHdrSize(t *testing.T) {
+	d, ns := newTestDevice(t, Options{SndBuf: 1 << 20, VnetHdrSize: VnetHdrHash, DeferQueues: true})
+	var sndbuf, hdr int
+	err := d.keepControl("TUNGETSNDBUF", func(fd int) error {
+		var err error
+		if sndbuf, err = unix.IoctlGetInt(fd, unix.TUNGETSNDBUF); err != nil {
+			return err
+		}
+		hdr, err = tunGetVnetHdrSize(fd)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sndbuf != 1<<20 || hdr != VnetHdrHash {
+		t.Errorf("got sndbuf %d, vnet header %d; want %d, %d", sndbuf, hdr, 1<<20, VnetHdrHash)
+	}
+	// A later Open with another size resets the device's size: a
+	// persistent device left at 20 bytes must not stay there.
+	if err := d.SetPersist(true); err != nil {
+		t.Fatal(err)
+	}
+	name := d.Name()
+	d.Close()
+	t.Cleanup(func() { Delete(name, ns) })
+	if n, err := VnetHdrSizeOf(name, ns); err != nil || n != VnetHdrHash {
+		t.Fatalf("idle persistent device: got header %d, %v; want %d", n, err, VnetHdrHash)
+	}
+	d2, err := Open(name, Options{NetNS: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2.Close()
+	if n, err := VnetHdrSizeOf(name, ns); err != nil || n != VnetHdrV1 {
+		t.Errorf("after Open with the default: got header %d, %v; want %d", n, err, VnetHdrV1)
+	}
+}
