@@ -143,6 +143,11 @@ func (c *NetConfig) Encode(b []byte, e Endian) error {
 	if len(b) < NetConfigMaxLen {
 		return fmt.Errorf("net config of %d bytes in a buffer of %d: %w", NetConfigMaxLen, len(b), ErrShortBuffer)
 	}
+	c.encode((*[NetConfigMaxLen]byte)(b), e)
+	return nil
+}
+
+func (c *NetConfig) encode(b *[NetConfigMaxLen]byte, e Endian) {
 	copy(b[cfgMAC:], c.MAC[:])
 	e.putUint16(b[cfgStatus:], uint16(c.Status))
 	e.putUint16(b[cfgMaxPairs:], c.MaxVirtqueuePairs)
@@ -152,7 +157,6 @@ func (c *NetConfig) Encode(b []byte, e Endian) error {
 	b[cfgRSSKeySize] = c.RSSMaxKeySize
 	binary.LittleEndian.PutUint16(b[cfgRSSIndirLen:], c.RSSMaxIndirectionTableLength)
 	binary.LittleEndian.PutUint32(b[cfgHashTypes:], uint32(c.SupportedHashTypes))
-	return nil
 }
 
 // Decode reads every field from the first NetConfigMaxLen bytes of b.
@@ -185,9 +189,7 @@ func (c *NetConfig) ReadWindow(dst []byte, off int, f Features, e Endian) error 
 		return fmt.Errorf("read %d bytes at offset %d of a %d-byte net config: %w", len(dst), off, n, ErrConfigWindow)
 	}
 	var b [NetConfigMaxLen]byte
-	if err := c.Encode(b[:], e); err != nil {
-		return err
-	}
+	c.encode(&b, e)
 	copy(dst, b[off:])
 	return nil
 }
@@ -195,8 +197,11 @@ func (c *NetConfig) ReadWindow(dst []byte, off int, f Features, e Endian) error 
 // ErrBadConfig reports a config that breaks a device requirement of the spec.
 var ErrBadConfig = errors.New("invalid net config")
 
-// Validate checks the config a device is about to offer with features
-// against the device requirements of virtio 1.2 §5.1.4.1.
+// Validate checks the config a device offers alongside offered against the
+// device requirements of virtio 1.2 §5.1.4.1, and that fields the spec
+// gives meaning bit by bit carry no unknown bits. A MAC that no station
+// could own (zero or multicast) is refused as well: Linux would replace it
+// with a random one.
 func (c *NetConfig) Validate(offered Features) error {
 	if offered.Has(NetFMAC) {
 		if !c.MAC.unicast() {

@@ -173,7 +173,7 @@ type HashConfig struct {
 	HashTypes HashTypes
 	// Reserved must be zero by the spec, but Linux before 6.5 sent its
 	// queue-pair count in Reserved[3] (max_tx_vq of the RSS layout) and
-	// QEMU ignores the field, so it is kept, not checked.
+	// QEMU does not check it, so it is kept, not checked.
 	Reserved [4]uint16
 	Key      []byte
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 )
 
 // Sizes of the header that precedes every packet on the receive and transmit
@@ -116,23 +115,7 @@ const (
 )
 
 func (f HdrFlags) String() string {
-	if f == 0 {
-		return "0"
-	}
-	var parts []string
-	for _, n := range []struct {
-		flag HdrFlags
-		name string
-	}{{NeedsCsum, "NEEDS_CSUM"}, {DataValid, "DATA_VALID"}, {RSCInfo, "RSC_INFO"}} {
-		if f&n.flag != 0 {
-			parts = append(parts, n.name)
-			f &^= n.flag
-		}
-	}
-	if f != 0 {
-		parts = append(parts, "0x"+strconv.FormatUint(uint64(f), 16))
-	}
-	return strings.Join(parts, "|")
+	return flagString(uint64(f), []string{"NEEDS_CSUM", "DATA_VALID", "RSC_INFO"})
 }
 
 // GSOType is the gso_type byte of the net header: a segmentation type in the
