@@ -483,3 +483,27 @@ func FuzzCtrl(f *testing.F) {
 		checkCtrl(t, b, lim, c)
 	})
 }
+
+func TestMACList(t *testing.T) {
+	tests := []struct {
+		name string
+		l    MACList
+		want []MAC
+	}{
+		{"nil", nil, nil},
+		{"one", MACList(macA), []MAC{MAC(macA)}},
+		{"two", MACList(cat(macM1, macM2)), []MAC{MAC(macM1), MAC(macM2)}},
+		{"partial tail", MACList(cat(macM1, macM2[:3])), []MAC{MAC(macM1)}},
+	}
+	for _, tt := range tests {
+		if got := tt.l.Len(); got != len(tt.want) {
+			t.Errorf("%s: Len = %d, want %d", tt.name, got, len(tt.want))
+			continue
+		}
+		for i, want := range tt.want {
+			if got := tt.l.At(i); got != want {
+				t.Errorf("%s: At(%d) = %s, want %s", tt.name, i, got, want)
+			}
+		}
+	}
+}

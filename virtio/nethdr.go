@@ -31,8 +31,8 @@ func HdrLenFor(f Features) int {
 	}
 }
 
-// Endian is the byte order of the fields the spec types as __virtio16 and
-// __virtio32/64: little-endian once VERSION_1 is negotiated, the guest's
+// Endian is the byte order of the fields Linux virtio_net.h types as
+// __virtio16/32/64: little-endian once VERSION_1 is negotiated, the guest's
 // native order on the legacy interface (virtio 1.2 §5.1.6.1). The zero value
 // is LittleEndian.
 type Endian bool
