@@ -27,7 +27,7 @@ var initScript []byte
 
 // imageFormat changes whenever the builder lays out the image differently,
 // so that caches made by an older builder are not reused.
-const imageFormat = "vmnet-guest-1"
+const imageFormat = "vmnet-guest-2"
 
 // defaultModules are the drivers a guest always loads; their dependencies
 // (virtio, virtio_ring, virtio_pci_modern_dev, virtio_pci_legacy_dev,
@@ -66,7 +66,7 @@ type ImageOptions struct {
 // the cache and must not be changed.
 type Image struct {
 	Dir           string   `json:"-"`              // cache entry holding the files below
-	Kernel        string   `json:"-"`              // the bzImage, for -kernel
+	Kernel        string   `json:"-"`              // for -kernel: ELF vmlinux if PVH, else the bzImage
 	Initrd        string   `json:"-"`              // gzip'd newc cpio, for -initrd
 	KernelPackage string   `json:"kernel_package"` // linux-image-6.1.0-56-amd64
 	KernelVersion string   `json:"kernel_version"` // the package version, 6.1.192-2
@@ -75,11 +75,12 @@ type Image struct {
 	Builtin       []string `json:"builtin"`        // wanted but built into the kernel
 	Tools         []string `json:"tools"`          // guest paths of the copied executables
 	Key           string   `json:"key"`            // hash of everything the image is made of
+	PVH           bool     `json:"pvh"`            // Kernel is booted through its PVH entry
 }
 
 const (
 	manifestName = "image.json"
-	kernelName   = "vmlinuz"
+	kernelName   = "kernel"
 	initrdName   = "initrd.gz"
 )
 
@@ -210,8 +211,18 @@ func buildImage(ctx context.Context, opts ImageOptions) (*Image, error) {
 			img.Tools = append(img.Tools, t.guestPath)
 		}
 	}
-	if err := copyFile(tree.Vmlinuz, filepath.Join(out, kernelName)); err != nil {
-		return nil, err
+	// Prefer the unpacked ELF kernel (PVH boot); keep the bzImage when the
+	// kernel cannot be booted that way.
+	if vmlinux, err := extractVmlinux(ctx, tree.Vmlinuz); err == nil {
+		if err := os.WriteFile(filepath.Join(out, kernelName), vmlinux, 0o644); err != nil {
+			return nil, fmt.Errorf("write kernel: %w", err)
+		}
+		img.PVH = true
+	} else {
+		log.Warn("booting the compressed kernel, slower under TCG", "error", err)
+		if err := copyFile(tree.Vmlinuz, filepath.Join(out, kernelName)); err != nil {
+			return nil, err
+		}
 	}
 	if err := writeInitrd(ctx, filepath.Join(out, initrdName), mods, tools); err != nil {
 		return nil, err
