@@ -734,7 +734,7 @@ func decodeVringFile(req Request, b []byte, nfds int) (Payload, error) {
 		rule = fdsNone
 	}
 	if err := checkFDs(req, nfds, rule); err != nil {
-		return nil, fmt.Errorf("ring %d (nofd %t): %w", f.Index, f.NoFD, err)
+		return nil, fmt.Errorf("check descriptors of ring %d (nofd %t): %w", f.Index, f.NoFD, err)
 	}
 	return f, nil
 }
@@ -749,7 +749,7 @@ func decodeMemoryTable(b []byte, nfds int) (Payload, error) {
 		return nil, malformed("%s has %d regions, want 1 to %d", req, n, MaxMemTableRegions)
 	}
 	if err := checkSize(req, b, 8+int(n)*memoryRegionSize); err != nil {
-		return nil, fmt.Errorf("%d regions: %w", n, err)
+		return nil, fmt.Errorf("check size of %d regions: %w", n, err)
 	}
 	if nfds != int(n) {
 		return nil, malformed("%s has %d regions but carries %d file descriptors", req, n, nfds)
@@ -758,7 +758,7 @@ func decodeMemoryTable(b []byte, nfds int) (Payload, error) {
 	for i := range t.Regions {
 		r := decodeMemoryRegion(b[8+i*memoryRegionSize:])
 		if err := r.check(); err != nil {
-			return nil, fmt.Errorf("region %d: %w", i, err)
+			return nil, fmt.Errorf("check region %d: %w", i, err)
 		}
 		for j := range i {
 			if r.overlaps(t.Regions[j]) {

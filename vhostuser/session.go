@@ -341,7 +341,7 @@ func (s *session) packed() bool { return virtio.Features(s.features).Has(virtio.
 // ringAt checks a ring index from the front-end.
 func (s *session) ringAt(req Request, index uint32) (*ring, error) {
 	if index >= uint32(len(s.rings)) {
-		return nil, fmt.Errorf("%s for ring %d of a device with %d", req, index, len(s.rings))
+		return nil, fmt.Errorf("address ring %d of %d with %s", index, len(s.rings), req)
 	}
 	return &s.rings[index], nil
 }
