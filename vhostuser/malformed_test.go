@@ -203,3 +203,41 @@ func TestStartFailureWithoutAckClosesConnection(t *testing.T) {
 	fe.close()
 	checkNoFDLeak(t, before)
 }
+
+// failingStop is a device whose StopQueue fails.
+type failingStop struct{ *fakeDevice }
+
+func (d failingStop) StopQueue(index int) (QueueState, error) {
+	d.fakeDevice.StopQueue(index)
+	return QueueState{}, errors.New("device wedged")
+}
+
+// TestStopFailureClosesConnection: a ring the device cannot stop ends the connection, even
+// mid-way through replacing the ring's call eventfd, and nothing leaks.
+func TestStopFailureClosesConnection(t *testing.T) {
+	before := openFDs(t)
+	dev := newFakeDevice()
+	srv := NewServer(failingStop{dev}, Options{})
+	c, fe := socketPair(t)
+	wait := serve(t, srv, c)
+	fe.send(ReqSetFeatures, 0, U64(0))
+	mfd := memfd(t, guestSize)
+	fe.send(ReqSetMemTable, 0, MemoryTable{Regions: []MemoryRegion{guestRegion()}}, mfd)
+	unix.Close(mfd)
+	fe.send(ReqSetVringNum, 0, VringState{Index: 0, Num: 256})
+	fe.send(ReqSetVringAddr, 0, ringAddr(0))
+	fe.send(ReqSetVringKick, 0, VringFile{Index: 0}, fe.own(eventfd(t)))
+	fe.sync()
+	if _, ok := dev.queue(0); !ok {
+		t.Fatalf("ring 0 not started; events %q", dev.eventList())
+	}
+	call := eventfd(t)
+	fe.send(ReqSetVringCall, FlagNeedReply, VringFile{Index: 0}, call)
+	unix.Close(call)
+	fe.expectClosed()
+	if err := wait(); err == nil || !strings.Contains(err.Error(), "device wedged") {
+		t.Fatalf("ServeConn: got %v, want the stop failure", err)
+	}
+	fe.close()
+	checkNoFDLeak(t, before)
+}

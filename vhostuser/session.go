@@ -511,7 +511,8 @@ func (s *session) setVringFile(m *message, f VringFile) error {
 	if !f.NoFD {
 		file = os.NewFile(uintptr(m.takeFD(0)), fmt.Sprintf("vhost-user ring %d %s", f.Index, m.Request))
 	}
-	return s.updateRing(m.Request, uint32(f.Index), func(r *ring) {
+	stored := false
+	err := s.updateRing(m.Request, uint32(f.Index), func(r *ring) {
 		slot := &r.kick
 		switch m.Request {
 		case ReqSetVringCall:
@@ -522,8 +523,12 @@ func (s *session) setVringFile(m *message, f VringFile) error {
 		if *slot != nil {
 			(*slot).Close()
 		}
-		*slot = file
+		*slot, stored = file, true
 	})
+	if !stored && file != nil {
+		file.Close()
+	}
+	return err
 }
 
 func (s *session) setVringEnable(st VringState) error {
