@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,8 @@ func TestGuestOnTAP(t *testing.T) {
 	vm := guest.StartT(ctx, t, guest.Config{
 		Image: img,
 		Netns: ns,
+		// What vhost-user back-ends need; a TAP guest proves it boots.
+		SharedMemory: true,
 		Args: []string{
 			"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off",
 			"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
@@ -168,6 +171,34 @@ func TestGuestOnTAP(t *testing.T) {
 			t.Errorf("run after Stop: got no error")
 		}
 	})
+}
+
+// TestImage checks what the builder made of the kernel package: the
+// virtio-net stack in dependency order and a kernel that boots through PVH.
+func TestImage(t *testing.T) {
+	img := guest.Require(t)
+	t.Logf("kernel %s %s (uname -r %s), modules %v, built in %v, PVH %v",
+		img.KernelPackage, img.KernelVersion, img.KernelRelease, img.Modules, img.Builtin, img.PVH)
+	pos := map[string]int{}
+	for i, m := range img.Modules {
+		pos[m] = i
+	}
+	loaded := func(m string) bool { _, ok := pos[m]; return ok }
+	for _, m := range []string{"virtio_pci", "virtio_net"} {
+		if !loaded(m) && !slices.Contains(img.Builtin, m) {
+			t.Errorf("module %s: neither loaded nor built in", m)
+		}
+	}
+	// dependency -> dependent, as modinfo says for Debian's 6.1 kernels.
+	for _, e := range [][2]string{{"virtio_ring", "virtio"}, {"virtio", "virtio_pci"},
+		{"virtio_pci_modern_dev", "virtio_pci"}, {"failover", "net_failover"}, {"net_failover", "virtio_net"}} {
+		if loaded(e[0]) && loaded(e[1]) && pos[e[0]] > pos[e[1]] {
+			t.Errorf("module order %v: %s loads after %s, which needs it", img.Modules, e[0], e[1])
+		}
+	}
+	if !img.PVH {
+		t.Errorf("image kernel boots through the compressed bzImage, seconds slower under TCG")
+	}
 }
 
 // TestStartReportsQEMUErrors needs an image but no boot: QEMU refuses the

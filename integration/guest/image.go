@@ -140,7 +140,7 @@ func BuildImage(ctx context.Context, opts ImageOptions) (*Image, error) {
 
 func buildImage(ctx context.Context, opts ImageOptions) (*Image, error) {
 	log := opts.Logger.Named("guest-image")
-	pkg, err := resolveKernel(ctx, opts.KernelPackage)
+	pkg, err := resolveKernelCached(ctx, opts.CacheDir, opts.KernelPackage)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +56,48 @@ func resolveKernel(ctx context.Context, meta string) (kernelPackage, error) {
 	}
 	if pkg.Version == "" {
 		return kernelPackage{}, fmt.Errorf("resolve version of %s: no Version in apt-cache output", pkg.Name)
+	}
+	return pkg, nil
+}
+
+// aptLists is where apt keeps the package lists; apt-get update replaces
+// files in it, which changes the directory's mtime.
+const aptLists = "/var/lib/apt/lists"
+
+// resolveKernelCached is resolveKernel, remembered in cacheDir until apt's
+// lists change. apt-cache parses every list on each call when its binary
+// cache is off, as in Debian's container images: seconds of CPU.
+func resolveKernelCached(ctx context.Context, cacheDir, meta string) (kernelPackage, error) {
+	type resolved struct {
+		Lists   int64 `json:"lists_mtime_ns"`
+		Name    string
+		Version string
+	}
+	fi, err := os.Stat(aptLists)
+	if err != nil {
+		return resolveKernel(ctx, meta)
+	}
+	memo := filepath.Join(cacheDir, "resolved-"+sanitize(meta)+".json")
+	if b, err := os.ReadFile(memo); err == nil {
+		var r resolved
+		if json.Unmarshal(b, &r) == nil && r.Lists == fi.ModTime().UnixNano() && r.Name != "" && r.Version != "" {
+			return kernelPackage{Name: r.Name, Version: r.Version}, nil
+		}
+	}
+	pkg, err := resolveKernel(ctx, meta)
+	if err != nil {
+		return pkg, err
+	}
+	b, err := json.Marshal(resolved{Lists: fi.ModTime().UnixNano(), Name: pkg.Name, Version: pkg.Version})
+	if err != nil {
+		return pkg, fmt.Errorf("encode resolved kernel: %w", err)
+	}
+	// Best effort: a memo that cannot be written costs time, not correctness.
+	if err := os.MkdirAll(cacheDir, 0o755); err == nil {
+		tmp := fmt.Sprintf("%s.%d.tmp", memo, os.Getpid())
+		if os.WriteFile(tmp, b, 0o644) == nil {
+			_ = os.Rename(tmp, memo)
+		}
 	}
 	return pkg, nil
 }
