@@ -167,7 +167,7 @@ func (vm *VM) start() error {
 		Pdeathsig: syscall.SIGKILL,
 		Setpgid:   true,
 	}
-	fmt.Fprintf(vm.out, "[vmnet] %s %s\n", name, strings.Join(args, " "))
+	fmt.Fprintf(vm.out, "[vmnet] %s\n", shellQuote(append([]string{name}, args...)))
 	vm.log.Debug("starting qemu", "args", args)
 	vm.started = time.Now()
 	err = cmd.Start()
@@ -368,4 +368,25 @@ func (vm *VM) LogTail(n int) string { return vm.out.last(n) }
 func (vm *VM) exitError(what string) error {
 	<-vm.exited
 	return fmt.Errorf("%s: qemu exited: %w: %s", what, vm.exitErr, strings.TrimSpace(vm.stderr.last(1024)))
+}
+
+// shellQuote renders a command line that can be pasted into a shell, for
+// the log.
+func shellQuote(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		safe := a != ""
+		for _, r := range a {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_=,.:/@%+", r)) {
+				safe = false
+				break
+			}
+		}
+		if safe {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
 }
