@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -307,5 +308,5 @@ func (qp *QueuePair) validateTX(hdr []byte, frameLen int) error {
 	if err := h.Decode(hdr, qp.cfg.HdrLen, qp.cfg.Endian); err != nil {
 		return err
 	}
-	return nil
+	return offload.ValidateTX(&h, frameLen, qp.cfg.Features)
 }

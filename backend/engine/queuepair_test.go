@@ -352,3 +352,25 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A header the guest may not send (GSO it did not negotiate) never reaches
+// the TAP.
+func TestTXBadHeaderDropped(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	bad := make([]byte, r.hdrLen)
+	bad[0] = byte(virtio.NeedsCsum)
+	bad[1] = byte(virtio.GSOTCPv4)
+	binary.LittleEndian.PutUint16(bad[4:], 1448)
+	if _, err := r.tx.PostTX(append(bad, frame(2000, 1)...)); err != nil {
+		t.Fatal(err)
+	}
+	r.sendTX(frame(60, 2))
+	got := r.readPeer(time.Second)
+	if got == nil || !bytes.Equal(got[r.hdrLen:], frame(60, 2)) {
+		t.Fatalf("got %x, want only the good frame", got)
+	}
+	if extra := r.readPeer(100 * time.Millisecond); extra != nil {
+		t.Errorf("bad header reached the TAP")
+	}
+	waitFor(t, func() bool { return r.qp.Counters().TXDropBadHeader.Load() == 1 }, "tx_drop_bad_header")
+}
