@@ -169,7 +169,8 @@ func newDevice(opts Options, create bool) (_ *Device, err error) {
 // header size lives in the device, but a persistent device may have been
 // left with another size by its last user, so every file sets it.
 func (d *Device) configure(f *os.File, queue int) error {
-	if err := rawControl(f, func(fd int) error { return tunSetVnetHdrSize(fd, d.opts.VnetHdrSize) }); err != nil {
+	size := d.opts.VnetHdrSize
+	if err := rawControl(f, func(fd int) error { return tunSetVnetHdrSize(fd, size) }); err != nil {
 		return d.opErr(queue, "TUNSETVNETHDRSZ", err)
 	}
 	if err := rawControl(f, tunSetVnetLE); err != nil {
@@ -365,7 +366,11 @@ func (d *Device) Name() string {
 func (d *Device) NumQueues() int { return len(d.queues) }
 
 // VnetHdrSize is the virtio-net header size of every file.
-func (d *Device) VnetHdrSize() int { return d.opts.VnetHdrSize }
+func (d *Device) VnetHdrSize() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.opts.VnetHdrSize
+}
 
 // Features is what the kernel's TUN driver offers (see Probe).
 func (d *Device) Features() Features { return d.features }
@@ -525,4 +530,22 @@ func VnetHdrSizeOf(name, netNS string) (int, error) {
 		return nil
 	})
 	return size, err
+}
+
+// SetVnetHdrSize changes the vnet header size of the device, as a guest's
+// feature negotiation may (virtio.HdrLenFor). Set it while no frames flow:
+// the kernel applies it to the next frame on every file.
+func (d *Device) SetVnetHdrSize(size int) error {
+	switch size {
+	case VnetHdrLegacy, VnetHdrV1, VnetHdrHash:
+	default:
+		return d.opErr(-1, "TUNSETVNETHDRSZ", &OptionError{Option: "vnet header size", Value: size, Reason: "want 10, 12 or 20"})
+	}
+	if err := d.keepControl("TUNSETVNETHDRSZ", func(fd int) error { return tunSetVnetHdrSize(fd, size) }); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.opts.VnetHdrSize = size
+	d.mu.Unlock()
+	return nil
 }

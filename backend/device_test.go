@@ -608,3 +608,18 @@ func TestSndBufAndVnetHdrSize(t *testing.T) {
 		t.Errorf("after Open with the default: got header %d, %v; want %d", n, err, VnetHdrV1)
 	}
 }
+
+func TestSetVnetHdrSize(t *testing.T) {
+	d, _ := newTestDevice(t, Options{})
+	if err := d.SetVnetHdrSize(VnetHdrLegacy); err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	rawControl(d.Queue(0).File(), func(fd int) error { var err error; got, err = tunGetVnetHdrSize(fd); return err })
+	if got != VnetHdrLegacy || d.VnetHdrSize() != VnetHdrLegacy {
+		t.Errorf("got %d (device says %d), want %d", got, d.VnetHdrSize(), VnetHdrLegacy)
+	}
+	if err := d.SetVnetHdrSize(16); err == nil {
+		t.Error("SetVnetHdrSize(16): got nil error")
+	}
+}
