@@ -108,15 +108,23 @@ func (m *Memory) Regions() []Region {
 
 // find returns the index of the region that holds gpa, or -1.
 func (m *Memory) find(gpa uint64) int {
-	s := m.spans
-	if len(s) <= linearScanMax {
-		for i := range s {
-			if gpa >= s[i].first && gpa <= s[i].last {
-				return i
-			}
-		}
-		return -1
+	if len(m.spans) <= linearScanMax {
+		return m.findLinear(gpa)
 	}
+	return m.findBinary(gpa)
+}
+
+func (m *Memory) findLinear(gpa uint64) int {
+	for i := range m.spans {
+		if gpa >= m.spans[i].first && gpa <= m.spans[i].last {
+			return i
+		}
+	}
+	return -1
+}
+
+func (m *Memory) findBinary(gpa uint64) int {
+	s := m.spans
 	lo, hi := 0, len(s)
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)

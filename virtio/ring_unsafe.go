@@ -159,8 +159,7 @@ func (f *field16) storeFenced(v uint16) {
 // wordAt returns the 32-bit word at b[off:]; the caller has checked that it
 // is in b and 4-byte aligned in host memory.
 func wordAt(b []byte, off int) *uint32 {
-	_ = b[off+3]
-	return (*uint32)(unsafe.Pointer(&b[off]))
+	return (*uint32)(unsafe.Pointer(&b[off : off+4][0]))
 }
 
 // hostAligned reports whether b[off] is align-byte aligned in host memory.

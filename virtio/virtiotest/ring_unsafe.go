@@ -17,7 +17,9 @@ import (
 var hostLittleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
 
 func wordAt(b []byte, off uint64) *uint32 {
-	_ = b[off+3]
+	if off > uint64(len(b)) || uint64(len(b))-off < 4 {
+		panic("virtiotest: ring word out of range")
+	}
 	p := unsafe.Pointer(&b[off])
 	if uintptr(p)%4 != 0 {
 		panic("virtiotest: unaligned ring word")
