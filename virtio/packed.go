@@ -249,11 +249,13 @@ func (q *PackedQueue) Push(c *Chain, written uint32) error {
 		flags |= descFWrite
 	}
 	v := uint32(c.Head) | flags<<16
-	p := wordAt(q.desc, off+12)
 	if q.stagedN == 0 {
-		q.first, q.firstVal = p, v
+		q.first, q.firstVal = wordAt(q.desc, off+12), v
 	} else {
-		storeLE32(p, v)
+		// Ordered before the driver can look by the release store of the
+		// first descriptor's flags: the driver reads used descriptors in
+		// ring order (virtio 1.2 §2.8.22).
+		binary.LittleEndian.PutUint32(q.desc[off+12:], v)
 	}
 	q.stagedN++
 	q.stagedLen += uint32(c.descs)
