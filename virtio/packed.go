@@ -53,6 +53,7 @@ type PackedQueue struct {
 	devEvent  uint32 // last value stored in *device; ^0 before the first
 	inflight  uint32 // ring descriptors popped and not pushed
 	since     uint32 // ring descriptors published since the previous NeedsInterrupt
+	decided   bool   // NeedsInterrupt has judged a publication
 	stagedN   uint32 // used descriptors staged since the last Flush
 	stagedLen uint32 // ring descriptors they cover
 	first     *uint32
@@ -280,19 +281,24 @@ func (q *PackedQueue) Flush() {
 // NeedsInterrupt reports whether the driver event suppression structure asks
 // for a used buffer notification for what Flush published since the
 // previous call (virtio 1.2 §2.8.10; Linux virtqueue_kick_prepare_packed is
-// the same test from the driver's side).
+// the same test from the driver's side). In RING_EVENT_FLAGS_DESC mode the
+// first publication after NewPackedQueue always notifies, as for split
+// rings.
 func (q *PackedQueue) NeedsInterrupt() bool {
 	since := q.since
 	q.since = 0
 	if since == 0 {
 		return false
 	}
+	first := !q.decided
+	q.decided = true
 	w := loadLE32(q.driver)
 	switch uint16(w>>16) & 3 {
 	case eventFlagDisable:
 		return false
 	case eventFlagDesc:
-		if q.eventIdx && since < uint32(q.size) {
+		// Past a whole lap every position was used at least once.
+		if q.eventIdx && !first && since < uint32(q.size) {
 			break
 		}
 		fallthrough

@@ -47,6 +47,7 @@ type SplitQueue struct {
 	usedFlags   uint16 // used->flags as last published
 	signalled   uint16 // pubUsed at the previous NeedsInterrupt
 	since       uint32 // used elements published since then
+	decided     bool   // NeedsInterrupt has judged a publication
 	inflight    uint32 // chains popped and not pushed
 	fence       uint32 // see ring_unsafe.go
 }
@@ -249,17 +250,22 @@ func (q *SplitQueue) Flush() {
 
 // NeedsInterrupt reports whether the driver wants a used buffer
 // notification for what Flush published since the previous call (virtio
-// 1.2 §2.7.7.2; Linux vhost_notify).
+// 1.2 §2.7.7.2; Linux vhost_notify). With EVENT_IDX the first publication
+// after NewSplitQueue always notifies: on resume the device cannot know
+// which used_event the driver is waiting for (vhost's signalled_used_valid).
 func (q *SplitQueue) NeedsInterrupt() bool {
 	old, since := q.signalled, q.since
 	q.signalled, q.since = q.pubUsed, 0
-	switch {
-	case since == 0:
+	if since == 0 {
 		return false
+	}
+	first := !q.decided
+	q.decided = true
+	switch {
 	case !q.eventIdx:
 		return q.availFlag.load()&availFNoInterrupt == 0
-	case since > 0xffff:
-		// Every value of used_event was crossed.
+	case first || since > 0xffff:
+		// Over 65,535 entries, every value of used_event was crossed.
 		return true
 	default:
 		return needEvent(q.usedEvent.load(), q.pubUsed, old)
