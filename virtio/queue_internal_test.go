@@ -88,8 +88,8 @@ func TestRingFieldFallback(t *testing.T) {
 	// used_event and avail_event, 4-byte aligned, are a region's last two
 	// bytes.
 	// Allocations of 64 bytes are 8-aligned; smaller ones may not be.
-	availHost := make([]byte, 64)[:4+2*size+2 : 4+2*size+2]
-	usedHost := make([]byte, 64)[:4+8*size+2 : 4+8*size+2]
+	availHost := make([]byte, 64)[: 4+2*size+2 : 4+2*size+2]
+	usedHost := make([]byte, 64)[: 4+8*size+2 : 4+8*size+2]
 	desc := make([]byte, 16*size)
 	mem, err := NewMemory([]Region{
 		{GuestAddr: 0x1000, Host: desc},
