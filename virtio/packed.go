@@ -67,14 +67,14 @@ type PackedQueue struct {
 func NewPackedQueue(mem *Memory, cfg PackedConfig) (*PackedQueue, error) {
 	n := uint64(cfg.Size)
 	if n == 0 || n > MaxQueueSize {
-		return nil, fmt.Errorf("new packed queue: size %d not in [1, %d]", n, MaxQueueSize)
+		return nil, fmt.Errorf("create packed queue: size %d not in [1, %d]", n, MaxQueueSize)
 	}
 	for _, x := range []struct {
 		what string
 		v    uint16
 	}{{"next avail", cfg.NextAvail}, {"next used", cfg.NextUsed}} {
 		if uint64(x.v&^PackedWrap) >= n {
-			return nil, fmt.Errorf("new packed queue: %s position %d out of range for size %d", x.what, x.v&^PackedWrap, n)
+			return nil, fmt.Errorf("create packed queue: %s position %d out of range for size %d", x.what, x.v&^PackedWrap, n)
 		}
 	}
 	q := &PackedQueue{
@@ -86,20 +86,20 @@ func NewPackedQueue(mem *Memory, cfg PackedConfig) (*PackedQueue, error) {
 	q.pubPos, q.pubWrap = q.usedPos, q.usedWrap
 	q.inflight = q.distance(q.usedPos, q.usedWrap, q.availPos, q.availWrap)
 	if q.inflight > uint32(n) {
-		return nil, fmt.Errorf("new packed queue: next avail %#x is more than size %d past next used %#x",
+		return nil, fmt.Errorf("create packed queue: next avail %#x is more than size %d past next used %#x",
 			cfg.NextAvail, n, cfg.NextUsed)
 	}
 	var err error
 	if q.desc, err = ringPart(mem, "descriptor ring", cfg.DescAddr, 16*n, 16, 4); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create packed queue: %w", err)
 	}
 	drv, err := ringPart(mem, "driver event suppression", cfg.DriverAddr, 4, 4, 4)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create packed queue: %w", err)
 	}
 	dev, err := ringPart(mem, "device event suppression", cfg.DeviceAddr, 4, 4, 4)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create packed queue: %w", err)
 	}
 	q.driver, q.device = wordAt(drv, 0), wordAt(dev, 0)
 	return q, nil

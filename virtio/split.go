@@ -59,10 +59,10 @@ type SplitQueue struct {
 func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 	n := uint64(cfg.Size)
 	if n == 0 || n > MaxQueueSize || n&(n-1) != 0 {
-		return nil, fmt.Errorf("new split queue: size %d is not a power of two in [1, %d]", n, MaxQueueSize)
+		return nil, fmt.Errorf("create split queue: size %d is not a power of two in [1, %d]", n, MaxQueueSize)
 	}
 	if d := cfg.NextAvail - cfg.NextUsed; d > cfg.Size {
-		return nil, fmt.Errorf("new split queue: next avail %d is %d chains past next used %d, more than size %d",
+		return nil, fmt.Errorf("create split queue: next avail %d is %d chains past next used %d, more than size %d",
 			cfg.NextAvail, d, cfg.NextUsed, n)
 	}
 	event := uint64(0)
@@ -76,15 +76,15 @@ func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 	}
 	var err error
 	if q.desc, err = ringPart(mem, "descriptor table", cfg.DescAddr, 16*n, 16, 1); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create split queue: %w", err)
 	}
 	avail, err := ringPart(mem, "avail ring", cfg.AvailAddr, 4+2*n+event, 2, 2)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create split queue: %w", err)
 	}
 	used, err := ringPart(mem, "used ring", cfg.UsedAddr, 4+8*n+event, 4, 4)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create split queue: %w", err)
 	}
 	q.availRing = avail[4 : 4+2*n]
 	q.usedRing = used[4 : 4+8*n]
@@ -104,7 +104,7 @@ func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 	for _, f := range fields {
 		var ok bool
 		if *f.f, ok = newField16(mem, f.gpa, &q.fence); !ok {
-			return nil, fmt.Errorf("place ring field at guest %#x: not 2-byte aligned in host memory", f.gpa)
+			return nil, fmt.Errorf("create split queue: place ring field at guest %#x: not 2-byte aligned in host memory", f.gpa)
 		}
 	}
 	return q, nil

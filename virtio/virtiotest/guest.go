@@ -115,7 +115,7 @@ type Guest struct {
 // memory for its buffers. For a split ring size must be a power of two.
 func NewGuest(size uint16, packed bool, opts Options) (*Guest, error) {
 	if size == 0 || size > virtio.MaxQueueSize || !packed && size&(size-1) != 0 {
-		return nil, fmt.Errorf("new guest: bad queue size %d", size)
+		return nil, fmt.Errorf("create guest: bad queue size %d", size)
 	}
 	if opts.SlotSize == 0 {
 		opts.SlotSize = 4096
@@ -173,7 +173,7 @@ func NewGuest(size uint16, packed bool, opts Options) (*Guest, error) {
 	}
 	var err error
 	if g.mem, err = virtio.NewMemory(regions); err != nil {
-		return nil, fmt.Errorf("new guest: %w", err)
+		return nil, fmt.Errorf("create guest: %w", err)
 	}
 
 	g.chains = make([]chain, size)
