@@ -154,6 +154,7 @@ func (q *PackedQueue) Pop(c *Chain) (bool, error) {
 		}
 		flags := uint16(w >> 16)
 		if n > 1 && !isAvail(flags, wrap) {
+			c.fail()
 			return false, &ChainError{Rule: RuleNotAvail, Desc: pos, Got: uint64(flags), Limit: uint64(wrap)}
 		}
 		if bad == nil {
@@ -164,11 +165,17 @@ func (q *PackedQueue) Pop(c *Chain) (bool, error) {
 			break
 		}
 		if n == q.size {
+			c.fail()
 			return false, &ChainError{Rule: RuleChainLen, Desc: pos, Got: uint64(n) + 1, Limit: uint64(q.size)}
 		}
 		if pos++; pos == q.size {
 			pos, wrap = 0, wrap^1
 		}
+	}
+	if held := q.inflight + uint32(c.descs); held > uint32(q.size) {
+		c.fail()
+		c.pending = false
+		return false, &ChainError{Rule: RuleOverrun, Desc: q.availPos, Got: uint64(held), Limit: uint64(q.size)}
 	}
 	q.availPos, q.availWrap = q.advance(q.availPos, q.availWrap, c.descs)
 	q.inflight += uint32(c.descs)
@@ -218,7 +225,7 @@ func (q *PackedQueue) buffer(c *Chain, pos, n uint16, addr uint64, length uint32
 	return nil
 }
 
-// advance moves (pos, wrap) forward by n < Size positions.
+// advance moves (pos, wrap) forward by n <= Size positions.
 func (q *PackedQueue) advance(pos, wrap, n uint16) (uint16, uint16) {
 	p := uint32(pos) + uint32(n)
 	if p >= uint32(q.size) {

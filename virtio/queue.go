@@ -189,6 +189,11 @@ const (
 	// (Got) do not mark it available for wrap counter Limit (virtio 1.2
 	// §2.8.6). Packed only.
 	RuleNotAvail
+	// RuleOverrun: popping the chain at Desc would hold Got descriptors
+	// (packed) or chains (split) in flight, more than the ring's Limit: the
+	// driver reused what the device had not returned (virtio 1.2 §2.8.16,
+	// §2.7.13.1).
+	RuleOverrun
 )
 
 var ruleNames = [...]string{
@@ -204,6 +209,7 @@ var ruleNames = [...]string{
 	RuleIndirectInList: "indirect-in-list",
 	RuleAddress:        "address",
 	RuleNotAvail:       "not-avail",
+	RuleOverrun:        "overrun",
 }
 
 func (r Rule) String() string {
@@ -266,6 +272,8 @@ func (e *ChainError) Error() string {
 		what = fmt.Sprintf("%s: %v", d, e.Err)
 	case RuleNotAvail:
 		what = fmt.Sprintf("%s: flags %#04x not available for wrap counter %d", d, e.Got, e.Limit)
+	case RuleOverrun:
+		what = fmt.Sprintf("%s: %d in flight, more than the ring holds (%d)", d, e.Got, e.Limit)
 	default:
 		what = fmt.Sprintf("%s: %v", d, e.Rule)
 	}

@@ -40,7 +40,7 @@ func TestNeedEvent(t *testing.T) {
 }
 
 func TestRuleString(t *testing.T) {
-	for r := RuleAvailIdx; r <= RuleNotAvail; r++ {
+	for r := RuleAvailIdx; r <= RuleOverrun; r++ {
 		if s := r.String(); s == "" || strings.HasPrefix(s, "Rule(") {
 			t.Errorf("Rule %d has no name", r)
 		}
@@ -68,6 +68,7 @@ func TestChainErrorMessages(t *testing.T) {
 		{ChainError{Rule: RuleIndirectInList, HeadKnown: true, Desc: 5}, "descriptor 5: INDIRECT after other descriptors of its list"},
 		{ChainError{Rule: RuleAddress, HeadKnown: true, Err: addrErr}, "descriptor 0: guest range [0x1000, 0x1010) outside guest memory"},
 		{ChainError{Rule: RuleNotAvail, Desc: 3, Got: 0x8001, Limit: 1}, "pop chain: descriptor 3: flags 0x8001 not available for wrap counter 1"},
+		{ChainError{Rule: RuleOverrun, Desc: 0, Got: 9, Limit: 8}, "pop chain: descriptor 0: 9 in flight, more than the ring holds (8)"},
 	}
 	for _, tt := range tests {
 		if got := tt.err.Error(); !strings.Contains(got, tt.want) {

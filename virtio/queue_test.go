@@ -225,3 +225,40 @@ func TestPushErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestOverrun has the driver make available more than the ring holds while
+// the device still holds every chain.
+func TestOverrun(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		t.Run(fmt.Sprint("packed=", packed), func(t *testing.T) {
+			g, q := newPair(t, 4, packed, virtiotest.Options{})
+			var cs [5]virtio.Chain
+			for i := range 4 {
+				if _, err := g.PostTX([]byte{byte(i)}); err != nil {
+					t.Fatal(err)
+				}
+				mustPop(t, q, &cs[i])
+			}
+			// Reuse descriptor 0 (split) or ring position 0 (packed) while
+			// the device holds it.
+			buf := g.Alloc(1)
+			if packed {
+				g.MakeAvailable([]virtiotest.Desc{{Addr: buf, Len: 1}})
+			} else {
+				g.WriteDesc(0, virtiotest.Desc{Addr: buf, Len: 1})
+				g.PublishHead(0)
+			}
+			_, err := q.Pop(&cs[4])
+			checkChainError(t, err, &virtio.ChainError{Rule: virtio.RuleOverrun, Got: 5, Limit: 4})
+			// Returning a chain makes room. (In a packed ring its used
+			// descriptor lands on the reused position: nothing to pop.)
+			if err := q.Push(&cs[0], 0); err != nil {
+				t.Fatal(err)
+			}
+			q.Flush()
+			if ok, err := q.Pop(&cs[4]); ok == packed || err != nil {
+				t.Fatalf("Pop after Push = %v, %v; want %v, nil", ok, err, !packed)
+			}
+		})
+	}
+}

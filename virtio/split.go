@@ -154,6 +154,9 @@ func (q *SplitQueue) Pop(c *Chain) (bool, error) {
 	if head >= q.size {
 		return false, &ChainError{Rule: RuleHeadRange, Desc: slot, Got: uint64(head), Limit: uint64(q.size)}
 	}
+	if q.inflight == uint32(q.size) {
+		return false, &ChainError{Rule: RuleOverrun, Desc: head, Got: uint64(q.inflight) + 1, Limit: uint64(q.size)}
+	}
 	q.lastAvail++
 	q.inflight++
 	c.Head, c.descs, c.pending = head, 1, true
