@@ -34,8 +34,8 @@ const (
 // an indirect table.
 const descSize = 16
 
-// MaxQueueSize is the largest queue size of either layout (virtio 1.2 §2.6:
-// queue sizes fit in 15 bits).
+// MaxQueueSize is the largest queue size of either layout (virtio 1.2 §2.7,
+// §2.8: 2^15 entries).
 const MaxQueueSize = 32768
 
 // Queue is the device side of a virtqueue, split or packed.
@@ -46,7 +46,8 @@ type Queue interface {
 	// returns false, nil when the ring is empty. A *ChainError reports a
 	// chain or ring the driver got wrong: with HeadKnown the chain was
 	// consumed and c is ready to Push with 0 bytes written; without it the
-	// ring is broken and Pop keeps failing until the queue is rebuilt.
+	// ring is broken, nothing was consumed, and the device should stop the
+	// queue until it is reset.
 	Pop(c *Chain) (bool, error)
 	// Push stages c as used, with written bytes written to its writable
 	// part. The driver sees it only after Flush.
