@@ -353,12 +353,20 @@ func FuzzSplitChain(f *testing.F) {
 		if align2 {
 			availAddr += 2
 		}
+		// NextUsed 0 takes the used idx in the ring, which is the fuzzer's.
+		nextUsed := start
+		if start == 0 {
+			nextUsed = binary.LittleEndian.Uint16(fm.near[fzUsed-fzBase+2:])
+		}
 		q, err := virtio.NewSplitQueue(fm.mem, virtio.SplitConfig{
 			Size: size, DescAddr: fzRing, AvailAddr: availAddr, UsedAddr: fzUsed,
 			EventIdx: eventIdx, NextAvail: start, NextUsed: start,
 		})
+		if tooFar := start-nextUsed > size; tooFar != (err != nil) {
+			t.Fatalf("NewSplitQueue with next avail %d, used idx %d = %v; want error %v", start, nextUsed, err, tooFar)
+		}
 		if err != nil {
-			t.Fatal(err)
+			return
 		}
 		var c virtio.Chain
 		last := start
@@ -377,10 +385,11 @@ func FuzzSplitChain(f *testing.F) {
 				t.Fatalf("pop %d: Push: %v", step, err)
 			}
 			q.Flush()
+			nextUsed++
 			used, _ := fm.bytesAt(fzUsed, 4+8*uint64(size))
-			e := used[4+8*((last-1)%size):]
-			if idx := binary.LittleEndian.Uint16(used[2:]); idx != last {
-				t.Fatalf("pop %d: used idx %d; want %d", step, idx, last)
+			e := used[4+8*((nextUsed-1)%size):]
+			if idx := binary.LittleEndian.Uint16(used[2:]); idx != nextUsed {
+				t.Fatalf("pop %d: used idx %d; want %d", step, idx, nextUsed)
 			}
 			if id, n := binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(e[4:]); id != uint32(want.head) || uint64(n) != want.write && want.v == vChain {
 				t.Fatalf("pop %d: used elem id %d len %d; want %d, %d", step, id, n, want.head, want.write)

@@ -150,7 +150,7 @@ func TestRingFieldFallback(t *testing.T) {
 	// Avail flags at a 2-mod-4 host address at the start of a region.
 	buf := make([]byte, 64)
 	host := buf[2 : 2+4+2*size]
-	mem2, err := NewMemory([]Region{{GuestAddr: 0x1000, Host: desc}, {GuestAddr: 0x2002, Host: host}, {GuestAddr: 0x3000, Host: usedHost}})
+	mem2, err := NewMemory([]Region{{GuestAddr: 0x1000, Host: desc}, {GuestAddr: 0x2002, Host: host}, {GuestAddr: 0x3000, Host: make([]byte, 64)}})
 	if err != nil {
 		t.Fatal(err)
 	}

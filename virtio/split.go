@@ -21,7 +21,10 @@ type SplitConfig struct {
 	UsedAddr  uint64 // guest physical address of the used ring, 4-byte aligned
 	EventIdx  bool   // VIRTIO_F_EVENT_IDX negotiated: used_event and avail_event replace the flags
 	NextAvail uint16 // avail ring index to pop next: VHOST_USER_SET_VRING_BASE's num on resume
-	NextUsed  uint16 // used ring index to fill next: the ring's used idx on resume
+	// NextUsed is the used ring index to fill next. 0 takes the used idx
+	// found in the ring, as Linux vhost_vq_init_access does: the ring is
+	// where the previous device left it, for a new ring and on resume alike.
+	NextUsed uint16
 }
 
 // SplitQueue is the device side of a split virtqueue.
@@ -55,15 +58,12 @@ type SplitQueue struct {
 // NewSplitQueue returns the device side of the split virtqueue that cfg
 // places in mem. Each part of the ring must lie in one region, aligned as
 // virtio 1.2 §2.7 requires (and, for the words shared with the driver, as
-// aligned in host memory). It reads and writes nothing in guest memory.
+// aligned in host memory). It writes nothing in guest memory and reads only
+// the used idx, when cfg.NextUsed is 0.
 func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 	n := uint64(cfg.Size)
 	if n == 0 || n > MaxQueueSize || n&(n-1) != 0 {
 		return nil, fmt.Errorf("create split queue: size %d is not a power of two in [1, %d]", n, MaxQueueSize)
-	}
-	if d := cfg.NextAvail - cfg.NextUsed; d > cfg.Size {
-		return nil, fmt.Errorf("create split queue: next avail %d is %d chains past next used %d, more than size %d",
-			cfg.NextAvail, d, cfg.NextUsed, n)
 	}
 	event := uint64(0)
 	if cfg.EventIdx {
@@ -89,6 +89,14 @@ func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 	q.availRing = avail[4 : 4+2*n]
 	q.usedRing = used[4 : 4+8*n]
 	q.usedWord = wordAt(used, 0)
+	if cfg.NextUsed == 0 {
+		idx := uint16(loadLE32(q.usedWord) >> 16)
+		q.nextUsed, q.pubUsed, q.signalled = idx, idx, idx
+	}
+	if d := q.lastAvail - q.nextUsed; d > q.size {
+		return nil, fmt.Errorf("create split queue: next avail %d is %d chains past next used %d, more than size %d",
+			q.lastAvail, d, q.nextUsed, n)
+	}
 	fields := []struct {
 		f   *field16
 		gpa uint64

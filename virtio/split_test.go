@@ -28,6 +28,8 @@ func TestNewSplitQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	memUsed300, hostUsed300 := testMemory(t)
+	binary.LittleEndian.PutUint16(hostUsed300[0x2002:], 300) // used idx
 	ok := virtio.SplitConfig{Size: 256, DescAddr: 0x10000, AvailAddr: 0x11000, UsedAddr: 0x12000}
 	tests := []struct {
 		name string
@@ -55,6 +57,8 @@ func TestNewSplitQueue(t *testing.T) {
 		{"in flight", mem, func(c *virtio.SplitConfig) { c.NextAvail, c.NextUsed = 5, 65535 }, ""},
 		{"too many in flight", mem, func(c *virtio.SplitConfig) { c.NextAvail, c.NextUsed = 300, 10 }, "more than size 256"},
 		{"host misaligned", misaligned, func(c *virtio.SplitConfig) {}, "host mapping not"},
+		{"used idx from ring", memUsed300, func(c *virtio.SplitConfig) { c.NextAvail = 310 }, ""},
+		{"used idx from ring too far", memUsed300, func(c *virtio.SplitConfig) { c.NextAvail = 600 }, "next avail 600 is 300 chains past next used 300"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +68,12 @@ func TestNewSplitQueue(t *testing.T) {
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("NewSplitQueue = %v; want nil", err)
+				}
+				if cfg.NextUsed == 0 {
+					cfg.NextUsed = binary.LittleEndian.Uint16(hostUsed300[0x2002:])
+					if tt.mem != memUsed300 {
+						cfg.NextUsed = 0
+					}
 				}
 				if q.Size() != cfg.Size || q.NextAvail() != cfg.NextAvail || q.NextUsed() != cfg.NextUsed {
 					t.Fatalf("Size, NextAvail, NextUsed = %d, %d, %d; want %d, %d, %d",
