@@ -8,10 +8,12 @@ package virtio
 // sequentially consistent among themselves: on amd64 a load is MOV (TSO
 // keeps it ordered) and a store is XCHG (a full barrier); on arm64 a load is
 // LDAR and a store STLR, and an STLR followed by an LDAR is not reordered
-// (RCsc). So a release store followed by an acquire load of another word,
-// the pattern of both "publish used idx, then read used_event" (Linux
-// vhost_notify's smp_mb) and "write avail_event, then re-read avail idx"
-// (vhost_enable_notify's smp_mb), needs no further fence. Plain reads of
+// (RCsc); compare-and-swap is LOCK CMPXCHG, or CASAL or an LDAXR/STLXR loop
+// whose store is a release too. So a release store followed by an acquire
+// load of another word, the pattern of both "publish used idx, then read
+// used_event" (Linux vhost_notify's smp_mb) and "write avail_event, then
+// re-read avail idx" (vhost_enable_notify's smp_mb), needs no further
+// fence. Plain reads of
 // descriptors and ring entries after an atomic load of the index or flags
 // that published them are ordered by its acquire; plain writes of used
 // entries before the release store of the index or flags are ordered by it.
