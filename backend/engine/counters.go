@@ -22,6 +22,11 @@ type Counters struct {
 	RXDropTruncated     atomic.Uint64 // a frame larger than the guest's buffers
 	RXDropKernel        atomic.Uint64 // a read error other than "no frame"
 
+	TXSoftCsum     atomic.Uint64 // frames whose partial checksum the engine completed (Config.NoVnetHdr)
+	TXSoftGSO      atomic.Uint64 // GSO frames the engine segmented (Config.NoVnetHdr, Config.NoUSO)
+	TXSoftSegments atomic.Uint64 // the segments it wrote for them
+	TXDropSoftware atomic.Uint64 // frames the software fallbacks could not handle
+
 	RXWaitBuffers atomic.Uint64 // times the worker stopped reading the TAP for want of guest buffers
 	TXKicks       atomic.Uint64 // TX kicks received
 	RXKicks       atomic.Uint64 // RX kicks received
@@ -30,6 +35,7 @@ type Counters struct {
 	TXBatches     atomic.Uint64 // TX passes that moved at least one frame
 	RXBatches     atomic.Uint64 // RX passes that moved at least one frame
 	BrokenRings   atomic.Uint64 // rings abandoned as unusable until reset
+	Wakeups       atomic.Uint64 // returns from epoll_wait, busy polls included: an idle worker adds none
 }
 
 // Snapshot is a copy of Counters at one moment, for printing and tests.
@@ -37,8 +43,9 @@ type Snapshot struct {
 	TXPackets, TXBytes, RXPackets, RXBytes                      uint64
 	TXDropBadHeader, TXDropBadDescriptor, TXDropKernel          uint64
 	RXDropBadDescriptor, RXDropTruncated, RXDropKernel          uint64
+	TXSoftCsum, TXSoftGSO, TXSoftSegments, TXDropSoftware       uint64
 	RXWaitBuffers, TXKicks, RXKicks, TXInterrupts, RXInterrupts uint64
-	TXBatches, RXBatches, BrokenRings                           uint64
+	TXBatches, RXBatches, BrokenRings, Wakeups                  uint64
 }
 
 // Snapshot reads every counter.
@@ -49,9 +56,12 @@ func (c *Counters) Snapshot() Snapshot {
 		TXDropBadHeader: c.TXDropBadHeader.Load(), TXDropBadDescriptor: c.TXDropBadDescriptor.Load(),
 		TXDropKernel: c.TXDropKernel.Load(), RXDropBadDescriptor: c.RXDropBadDescriptor.Load(),
 		RXDropTruncated: c.RXDropTruncated.Load(), RXDropKernel: c.RXDropKernel.Load(),
+		TXSoftCsum: c.TXSoftCsum.Load(), TXSoftGSO: c.TXSoftGSO.Load(),
+		TXSoftSegments: c.TXSoftSegments.Load(), TXDropSoftware: c.TXDropSoftware.Load(),
 		RXWaitBuffers: c.RXWaitBuffers.Load(), TXKicks: c.TXKicks.Load(), RXKicks: c.RXKicks.Load(),
 		TXInterrupts: c.TXInterrupts.Load(), RXInterrupts: c.RXInterrupts.Load(),
 		TXBatches: c.TXBatches.Load(), RXBatches: c.RXBatches.Load(), BrokenRings: c.BrokenRings.Load(),
+		Wakeups: c.Wakeups.Load(),
 	}
 }
 
@@ -66,9 +76,12 @@ func (s Snapshot) String() string {
 		{"tx_drop_bad_header", s.TXDropBadHeader}, {"tx_drop_bad_descriptor", s.TXDropBadDescriptor},
 		{"tx_drop_kernel", s.TXDropKernel}, {"rx_drop_bad_descriptor", s.RXDropBadDescriptor},
 		{"rx_drop_truncated", s.RXDropTruncated}, {"rx_drop_kernel", s.RXDropKernel},
+		{"tx_soft_csum", s.TXSoftCsum}, {"tx_soft_gso", s.TXSoftGSO},
+		{"tx_soft_segments", s.TXSoftSegments}, {"tx_drop_software", s.TXDropSoftware},
 		{"rx_wait_buffers", s.RXWaitBuffers}, {"tx_kicks", s.TXKicks}, {"rx_kicks", s.RXKicks},
 		{"tx_interrupts", s.TXInterrupts}, {"rx_interrupts", s.RXInterrupts},
 		{"tx_batches", s.TXBatches}, {"rx_batches", s.RXBatches}, {"broken_rings", s.BrokenRings},
+		{"wakeups", s.Wakeups},
 	} {
 		if kv.v == 0 && !strings.HasSuffix(kv.k, "packets") {
 			continue

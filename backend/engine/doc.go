@@ -1,7 +1,10 @@
 // Package engine is vmnet's data path: a QueuePair moves frames between one
 // guest queue pair (an RX and a TX virtqueue in guest memory) and one TAP
 // queue file, without copying them. The guest's vnet header passes through:
-// the TAP's vnet header size equals the guest's header size.
+// the TAP's vnet header size equals the guest's header size. Where the TAP
+// cannot take an offload the guest was offered (a file without vnet
+// header, a kernel without USO), the engine completes checksums and
+// segments frames itself, into scratch it allocates once per queue pair.
 //
 // It is handed guest memory and virtqueues (virtio.Queue), kick eventfds,
 // call notifiers and a TAP file, by vhost-user or by an embedding VMM

@@ -37,8 +37,8 @@ type Config struct {
 	RXCall, TXCall Notifier
 
 	// TAP is the queue's file: one frame per read or write, preceded by a
-	// vnet header of HdrLen bytes (a TAP queue file, or a SOCK_SEQPACKET
-	// socket in tests). The caller owns it and keeps it open until Stop
+	// vnet header of HdrLen bytes unless NoVnetHdr (a TAP queue file, or a
+	// SOCK_SEQPACKET socket in tests). The caller owns it and keeps it open until Stop
 	// returns.
 	TAP *os.File
 
@@ -46,6 +46,20 @@ type Config struct {
 	// (virtio.HdrLenFor); the TAP's vnet header size must match it, so the
 	// header passes through untouched.
 	HdrLen int
+
+	// NoVnetHdr says the TAP file carries no vnet header at all
+	// (IFF_VNET_HDR unset: a file a hypervisor handed over without one, or
+	// an old persistent device). The engine then writes bare frames,
+	// completing partial checksums and segmenting GSO frames in software
+	// first (offload.TXCaps), and puts a zero header in front of each frame
+	// it reads. The zero value is a TAP whose vnet header is HdrLen bytes.
+	NoVnetHdr bool
+
+	// NoUSO says the kernel under the TAP does not take
+	// VIRTIO_NET_HDR_GSO_UDP_L4 (before Linux 6.2, offload.TXCaps.USO
+	// false): the engine segments USO frames itself. The zero value writes
+	// them to the TAP as they are.
+	NoUSO bool
 
 	// Features are the features the guest acked.
 	Features virtio.Features
@@ -303,10 +317,10 @@ func (qp *QueuePair) fail(err error) error {
 
 // validateTX checks a TX header the guest wrote, already copied out of
 // guest memory, against the negotiated features.
-func (qp *QueuePair) validateTX(hdr []byte, frameLen int) error {
-	var h virtio.NetHdr
+// The decoded header is left in h.
+func (qp *QueuePair) validateTX(h *virtio.NetHdr, hdr []byte, frameLen int) error {
 	if err := h.Decode(hdr, qp.cfg.HdrLen, qp.cfg.Endian); err != nil {
 		return err
 	}
-	return offload.ValidateTX(&h, frameLen, qp.cfg.Features)
+	return offload.ValidateTX(h, frameLen, qp.cfg.Features)
 }

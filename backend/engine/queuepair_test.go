@@ -27,6 +27,7 @@ type rig struct {
 	txCall   *EventFD
 	hdrLen   int
 	features virtio.Features
+	mod      func(*Config) // adjusts the config of every queue pair newQP makes
 }
 
 type rigOptions struct {
@@ -37,6 +38,7 @@ type rigOptions struct {
 	txSlot   int
 	guest    virtiotest.Options
 	mtu      int
+	mod      func(*Config)
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -64,7 +66,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	unix.SetNonblock(fds[0], true)
 	r := &rig{t: t, peer: fds[1], tap: os.NewFile(uintptr(fds[0]), "tap"), features: o.features,
-		hdrLen: virtio.HdrLenFor(o.features)}
+		hdrLen: virtio.HdrLenFor(o.features), mod: o.mod}
 	t.Cleanup(func() { unix.Close(r.peer); r.tap.Close() })
 	gopts := o.guest
 	gopts.SlotSize = o.rxSlot
@@ -104,8 +106,12 @@ func (r *rig) newQP(mtu int) *QueuePair {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	qp, err := New(Config{RX: rxq, TX: txq, RXKick: r.rxKick, TXKick: r.txKick, RXCall: r.rxCall, TXCall: r.txCall,
-		TAP: r.tap, HdrLen: r.hdrLen, Features: r.features, MTU: mtu})
+	cfg := Config{RX: rxq, TX: txq, RXKick: r.rxKick, TXKick: r.txKick, RXCall: r.rxCall, TXCall: r.txCall,
+		TAP: r.tap, HdrLen: r.hdrLen, Features: r.features, MTU: mtu}
+	if r.mod != nil {
+		r.mod(&cfg)
+	}
+	qp, err := New(cfg)
 	if err != nil {
 		r.t.Fatal(err)
 	}

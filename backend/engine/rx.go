@@ -26,6 +26,7 @@ type rxState struct {
 	spill    []byte // catches the excess of a frame too big for the guest
 	mrg      bool
 	maxFrame uint64 // vnet header plus the largest frame the guest may receive
+	noVnet   bool   // the TAP has no vnet header: the engine writes a zero one
 
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
@@ -44,6 +45,7 @@ func (r *rxState) init(qp *QueuePair) {
 	r.iov.v = make([]unix.Iovec, 0, 64)
 	f := qp.cfg.Features
 	r.mrg = f.Has(virtio.NetFMrgRxbuf)
+	r.noVnet = qp.cfg.NoVnetHdr
 	frame := uint64(qp.cfg.MTU) + 14 + 4
 	if f&(virtio.NetFGuestTSO4|virtio.NetFGuestTSO6|virtio.NetFGuestUFO|virtio.NetFGuestUSO4|virtio.NetFGuestUSO6) != 0 {
 		frame = maxGSOFrame
@@ -81,12 +83,20 @@ func (r *rxState) process() bool {
 		}
 		r.iov.reset()
 		readCap := r.capacity
+		// Without a vnet header on the TAP the frame goes behind the
+		// header's place in the first buffer, and the engine writes the
+		// header.
+		skip := 0
+		if r.noVnet {
+			skip = hdrLen
+		}
 		if r.mrg {
-			for i := 0; i < r.count; i++ {
+			r.iov.addAfter(r.chains[r.head].Writable, skip)
+			for i := 1; i < r.count; i++ {
 				r.iov.add(r.chains[(r.head+i)%len(r.chains)].Writable)
 			}
 		} else {
-			r.iov.add(r.chains[r.head].Writable)
+			r.iov.addAfter(r.chains[r.head].Writable, skip)
 			readCap = uint64(r.chains[r.head].WriteLen)
 		}
 		// The kernel truncates a frame that does not fit and reports only
@@ -109,6 +119,7 @@ func (r *rxState) process() bool {
 			}
 			continue
 		}
+		n += skip
 		if n < hdrLen {
 			kernel++
 			continue
@@ -238,6 +249,13 @@ func (r *rxState) deliver(n int) int {
 // writes struct virtio_net_hdr (10 bytes) and skips the rest of its vnet
 // header size, so hash fields would hold stale guest bytes.
 func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
+	if r.noVnet {
+		// A frame the kernel completed: no flags, no GSO (virtio 1.2
+		// §5.1.6.4); deliver sets num_buffers.
+		var zero [virtio.HdrLenHash]byte
+		scatterPut(c.Writable, 0, zero[:hdrLen])
+		return
+	}
 	if hdrLen == virtio.HdrLenHash {
 		var zero [virtio.HdrLenHash - virtio.HdrLenV1]byte
 		scatterPut(c.Writable, virtio.HdrLenV1, zero[:])

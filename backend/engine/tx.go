@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +21,8 @@ type txState struct {
 	chain   virtio.Chain
 	iov     iovecs
 	hdr     [virtio.HdrLenHash]byte // the header, read once
+	h       virtio.NetHdr           // hdr decoded
+	soft    softTX                  // the software fallbacks' scratch
 	pending bool                    // the ring may hold chains
 	broken  bool                    // the ring is unusable until reset
 	logged  uint64                  // drops logged so far (rate limit)
@@ -29,6 +32,7 @@ func (t *txState) init(qp *QueuePair) {
 	t.qp = qp
 	t.q = qp.cfg.TX
 	t.iov.v = make([]unix.Iovec, 0, 64)
+	t.soft.init(&qp.cfg)
 }
 
 // process moves up to Budget frames and reports whether it moved any. It
@@ -36,7 +40,7 @@ func (t *txState) init(qp *QueuePair) {
 func (t *txState) process() bool {
 	qp := t.qp
 	hdrLen := qp.cfg.HdrLen
-	var packets, bytes, badHdr, badDesc, kernel uint64
+	var packets, bytes, badHdr, badDesc, kernel, softCsum, softGSO, softSegs, softDrop uint64
 	pushed := 0
 	t.q.DisableNotify()
 	for pushed < qp.cfg.Budget {
@@ -71,21 +75,43 @@ func (t *txState) process() bool {
 			continue
 		}
 		gather(t.hdr[:hdrLen], t.chain.Readable)
-		if err := qp.validateTX(t.hdr[:hdrLen], frameLen); err != nil {
+		if err := qp.validateTX(&t.h, t.hdr[:hdrLen], frameLen); err != nil {
 			badHdr++
 			t.logDrop("bad TX header", err)
 			t.push(0)
 			continue
 		}
-		t.iov.reset()
-		t.iov.addOne(t.hdr[:hdrLen])
-		t.iov.addAfter(t.chain.Readable, hdrLen)
-		if _, err := t.iov.writev(qp.tapFd); err != nil {
-			kernel++
-			t.logDrop("TAP refused TX frame", err)
-		} else {
+		var werr error
+		switch t.soft.caps.Fallback(&t.h) {
+		case offload.FallbackNone:
+			t.iov.reset()
+			if t.soft.caps.VnetHdr {
+				t.iov.addOne(t.hdr[:hdrLen])
+			}
+			t.iov.addAfter(t.chain.Readable, hdrLen)
+			_, werr = t.iov.writev(qp.tapFd)
+		case offload.FallbackCsum:
+			if werr = t.writeCsum(frameLen); werr == nil {
+				softCsum++
+			}
+		case offload.FallbackSegment:
+			var n int
+			n, werr = t.writeSegments(frameLen)
+			softSegs += uint64(n)
+			if werr == nil {
+				softGSO++
+			}
+		}
+		switch {
+		case werr == nil:
 			packets++
 			bytes += uint64(frameLen)
+		case isErrno(werr):
+			kernel++
+			t.logDrop("TAP refused TX frame", werr)
+		default:
+			softDrop++
+			t.logDrop("TX software offload failed", werr)
 		}
 		t.push(0)
 	}
@@ -113,6 +139,18 @@ func (t *txState) process() bool {
 	if kernel > 0 {
 		c.TXDropKernel.Add(kernel)
 	}
+	if softCsum > 0 {
+		c.TXSoftCsum.Add(softCsum)
+	}
+	if softGSO > 0 {
+		c.TXSoftGSO.Add(softGSO)
+	}
+	if softSegs > 0 {
+		c.TXSoftSegments.Add(softSegs)
+	}
+	if softDrop > 0 {
+		c.TXDropSoftware.Add(softDrop)
+	}
 	return pushed > 0
 }
 
@@ -138,6 +176,13 @@ func (t *txState) logDrop(what string, err error) {
 			t.qp.log.Debug(what, "error", err, "drops", t.logged)
 		}
 	}
+}
+
+// isErrno tells a write the kernel refused from a frame the fallbacks
+// could not handle.
+func isErrno(err error) bool {
+	_, ok := err.(unix.Errno)
+	return ok
 }
 
 // gather copies the first len(dst) bytes of bufs into dst.
