@@ -95,6 +95,14 @@ type TXError struct {
 	Limit    int           // the bound or value the rule wanted, where it has one
 }
 
+// gsoFeature is the feature each GSO type needs (virtio 1.2 §5.1.6.2.1).
+var gsoFeature = map[virtio.GSOType]virtio.Features{
+	virtio.GSOTCPv4: virtio.NetFHostTSO4,
+	virtio.GSOTCPv6: virtio.NetFHostTSO6,
+	virtio.GSOUDP:   virtio.NetFHostUFO,
+	virtio.GSOUDPL4: virtio.NetFHostUSO,
+}
+
 func (e *TXError) Error() string {
 	h := &e.Hdr
 	switch e.Reason {
@@ -116,7 +124,7 @@ func (e *TXError) Error() string {
 	case ReasonGSOTypeUnknown:
 		return fmt.Sprintf("gso_type %#x is no GSO type", uint8(h.GSOType))
 	case ReasonGSOTypeNotNegotiated:
-		return fmt.Sprintf("gso_type %s without %s", h.GSOType, virtio.Features(e.Limit))
+		return fmt.Sprintf("gso_type %s without %s", h.GSOType, gsoFeature[h.GSOType&^virtio.GSOECN])
 	case ReasonECNNotNegotiated:
 		return fmt.Sprintf("gso_type %s without NET_F_HOST_ECN", h.GSOType)
 	case ReasonECNInvalid:
@@ -152,16 +160,16 @@ func ReasonOf(err error) Reason {
 
 // ValidateTX checks a header the guest wrote for a transmitted frame of
 // frameLen bytes (already copied out of guest memory) against the features
-// acked. A nil error means the kernel will take frame and header on a TAP
-// with a vnet header, and the software fallbacks can handle them on one
-// without.
+// acked. It looks at the header and the frame's length only; what the
+// frame's bytes hold is for the kernel, or Segment, to find out.
 //
 // The rules are what virtio 1.2 §5.1.6.2.1 asks of the driver where vmnet
 // depends on it (no GSO type or NEEDS_CSUM without its feature), and
-// otherwise what Linux enforces on a TAP write, so vmnet drops exactly the
-// frames the kernel would refuse: tun.c tun_get_user (an Ethernet header at
-// least, hdr_len within the frame after it is raised to cover the
-// checksum) and __virtio_net_hdr_to_skb in include/linux/virtio_net.h.
+// otherwise the header checks Linux makes on a TAP write, so that what
+// passes here the kernel does not refuse for its header: tun.c
+// tun_get_user (an Ethernet header at least, hdr_len within the frame
+// after it is raised to cover the checksum) and __virtio_net_hdr_to_skb in
+// include/linux/virtio_net.h.
 // Like Linux, and unlike the spec's MUST, TCP and UFO segmentation do not
 // require NEEDS_CSUM (the software fallbacks find the transport header
 // themselves); USO does. A GSO frame no longer than gso_size is valid, and
@@ -191,7 +199,7 @@ func ValidateTX(h *virtio.NetHdr, frameLen int, acked virtio.Features) error {
 			return txError(ReasonGSOTypeUnknown, h, frameLen, 0)
 		}
 		if !acked.Has(need) {
-			return txError(ReasonGSOTypeNotNegotiated, h, frameLen, int(need))
+			return txError(ReasonGSOTypeNotNegotiated, h, frameLen, 0)
 		}
 		if h.GSOType&virtio.GSOECN != 0 {
 			if gso == virtio.GSOUDPL4 {
