@@ -67,3 +67,16 @@ func netlinkHandle(ns netns.NsHandle) (*netlink.Handle, error) {
 	}
 	return netlink.NewHandleAt(ns)
 }
+
+// CheckNetNS reports whether spec names a network namespace vmnet can use
+// (see Options.NetNS).
+func CheckNetNS(spec string) error {
+	h, err := openNetNS(spec)
+	if err != nil {
+		return err
+	}
+	if h.IsOpen() {
+		h.Close()
+	}
+	return nil
+}

@@ -23,6 +23,11 @@ commands:
         print a TAP device's flags, queues, vnet header size, MAC, MTU and the
         offloads the kernel supports
 
+  vhost-user --socket PATH [--client] [--tap NAME|TEMPLATE] [--queues N] [--netns NAME]
+             [--persist] [--mac ADDR] [--mtu N] [--offloads auto|none|LIST] [--busy-poll DUR]
+        serve a vhost-user-net device backed by a multi-queue TAP until SIGINT or
+        SIGTERM; prints the TAP's name; SIGUSR1 prints per-queue counters to stderr
+
 Every command takes --log-level (trace, debug, info, warn, error; default info)
 and --log-format (text or json; logs go to stderr).
 `
@@ -46,6 +51,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "tap":
 		return runTap(ctx, args[1:], stdout, stderr)
+	case "vhost-user":
+		return runVhostUser(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		io.WriteString(stdout, usage)
 		return nil

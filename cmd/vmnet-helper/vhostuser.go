@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/netdev"
+	"github.com/vmnet-dev/vmnet/offload"
+	"github.com/vmnet-dev/vmnet/vhostuser"
+)
+
+// vhostUserFlags is the command line of `vmnet-helper vhost-user`.
+type vhostUserFlags struct {
+	socket   string
+	client   bool
+	tap      string
+	queues   int
+	netns    string
+	persist  bool
+	mac      string
+	mtu      int
+	offloads string
+	busyPoll time.Duration
+	log      logFlags
+}
+
+// parsed is the checked form of the flags: everything is validated before
+// anything is created.
+type vhostUserConfig struct {
+	vhostUserFlags
+	mac     net.HardwareAddr
+	offer   offload.OfferList
+	logger  hclog.Logger
+	literal bool // --tap is a name, not a template
+}
+
+func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
+	fs := newFlagSet("vhost-user")
+	var f vhostUserFlags
+	fs.StringVar(&f.socket, "socket", "", "unix socket path (required)")
+	fs.BoolVar(&f.client, "client", false, "connect to a front-end that listens (QEMU server=on) instead of listening")
+	fs.StringVar(&f.tap, "tap", backend.DefaultName, "TAP name (used as given, created if missing) or template with one %d")
+	fs.IntVar(&f.queues, "queues", 1, "queue pairs (1 to 255)")
+	fs.StringVar(&f.netns, "netns", "", "network namespace the TAP lives in (the helper itself stays where it started)")
+	fs.BoolVar(&f.persist, "persist", false, "keep the TAP after vmnet-helper exits")
+	fs.StringVar(&f.mac, "mac", "", "the guest's MAC address (default: random, locally administered)")
+	fs.IntVar(&f.mtu, "mtu", 0, "MTU of the TAP, offered to the guest (68 to 65521; 0: the kernel's 1500, not offered)")
+	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
+	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
+	f.log.register(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("vhost-user: unexpected argument %q", fs.Arg(0))
+	}
+	c := &vhostUserConfig{vhostUserFlags: f}
+	var err error
+	if c.logger, err = f.log.logger(stderr); err != nil {
+		return nil, err
+	}
+	switch {
+	case f.socket == "":
+		return nil, usagef("vhost-user: --socket is required")
+	case f.queues < 1 || f.queues > backend.MaxQueues:
+		return nil, usagef("vhost-user: --queues %d: want 1 to %d", f.queues, backend.MaxQueues)
+	case f.mtu != 0 && (f.mtu < 68 || f.mtu > 65521):
+		return nil, usagef("vhost-user: --mtu %d: want 68 to 65521", f.mtu)
+	case f.busyPoll < 0 || f.busyPoll > time.Second:
+		return nil, usagef("vhost-user: --busy-poll %v: want 0 to 1s", f.busyPoll)
+	}
+	if dir := filepath.Dir(f.socket); dir != "" {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return nil, usagef("vhost-user: --socket %s: directory %s does not exist", f.socket, dir)
+		}
+	}
+	if err := backend.ValidateName(f.tap, true); err != nil {
+		return nil, usagef("vhost-user: --tap: %v", err)
+	}
+	c.literal = !backend.IsTemplate(f.tap)
+	if f.mac != "" {
+		if c.mac, err = net.ParseMAC(f.mac); err != nil || len(c.mac) != 6 || c.mac[0]&1 != 0 || isZero(c.mac) {
+			return nil, usagef("vhost-user: --mac %q: want a unicast Ethernet address such as 52:54:00:12:34:56", f.mac)
+		}
+	}
+	if c.offer, err = offload.ParseOfferList(f.offloads); err != nil {
+		return nil, usagef("vhost-user: --offloads: %v", err)
+	}
+	if f.netns != "" {
+		if err := backend.CheckNetNS(f.netns); err != nil {
+			return nil, usagef("vhost-user: --netns %s: %v", f.netns, err)
+		}
+	}
+	return c, nil
+}
+
+func isZero(b []byte) bool {
+	for _, v := range b {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// runVhostUser serves a vhost-user-net device over a TAP until ctx ends.
+func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseVhostUser(args, stderr)
+	if err != nil {
+		return err
+	}
+	log := c.logger
+	tap, err := openOrCreateTap(c)
+	if err != nil {
+		return err
+	}
+	defer tap.Close()
+	if c.mtu != 0 {
+		if err := tap.SetMTU(c.mtu); err != nil {
+			return err
+		}
+	}
+	if err := tap.SetUp(true); err != nil {
+		return err
+	}
+	dev, err := netdev.New(netdev.Options{TAP: tap, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer dev.Reset()
+	if c.persist {
+		if err := tap.SetPersist(true); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(stdout, tap.Name())
+	srv := vhostuser.NewServer(dev.VhostUser(), vhostuser.Options{Logger: log})
+
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-usr1:
+				printStats(stderr, tap.Name(), dev, srv)
+			}
+		}
+	}()
+
+	log.Info("serving vhost-user", "socket", c.socket, "client", c.client, "tap", tap.Name(),
+		"queues", dev.Pairs(), "features", dev.Features().String())
+	if c.client {
+		err = srv.Dial(ctx, c.socket)
+	} else {
+		err = srv.Serve(ctx, c.socket)
+	}
+	printStats(stderr, tap.Name(), dev, srv)
+	return err
+}
+
+// openOrCreateTap uses an existing device named by a literal --tap, and
+// creates one otherwise.
+func openOrCreateTap(c *vhostUserConfig) (*backend.Device, error) {
+	opts := backend.Options{Name: c.tap, Queues: c.queues, NetNS: c.netns, Logger: c.logger}
+	if c.literal {
+		if _, err := backend.Lookup(c.tap, c.netns); err == nil {
+			return backend.Open(c.tap, opts)
+		}
+	}
+	return backend.Create(opts)
+}
+
+// printStats writes the per-queue counters, the answer to SIGUSR1.
+func printStats(w io.Writer, tap string, dev *netdev.Device, srv *vhostuser.Server) {
+	for i := 0; i < dev.Pairs(); i++ {
+		fmt.Fprintf(w, "vmnet-helper: tap %s queue %d: %s\n", tap, i, dev.Counters(i).Snapshot())
+	}
+	st := srv.Stats()
+	reqs := make([]string, 0, len(st.Messages))
+	for r, n := range st.Messages {
+		reqs = append(reqs, fmt.Sprintf("%v=%d", r, n))
+	}
+	sort.Strings(reqs)
+	fmt.Fprintf(w, "vmnet-helper: vhost-user sessions=%d rejected=%d unknown=%d messages: %v\n", st.Sessions, st.Rejected, st.Unknown, reqs)
+}
