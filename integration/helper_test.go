@@ -131,5 +131,3 @@ func (h *helperProc) stats() string {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-

@@ -14,7 +14,9 @@ import (
 // VhostUser adapts the device to a vhost-user server: it builds split or
 // packed virtqueues from each ring's setup and dups the ring's eventfds,
 // which the server owns, for as long as the ring runs.
-func (d *Device) VhostUser() vhostuser.Backend { return &vhostUserBackend{d: d, files: map[int][]*engine.EventFD{}} }
+func (d *Device) VhostUser() vhostuser.Backend {
+	return &vhostUserBackend{d: d, files: map[int][]*engine.EventFD{}}
+}
 
 type vhostUserBackend struct {
 	d     *Device
