@@ -225,6 +225,23 @@ func (q *PackedQueue) buffer(c *Chain, pos, n uint16, addr uint64, length uint32
 	return nil
 }
 
+// Unpop gives back the most recently popped chain (see Queue): the
+// available position moves back over its descriptors.
+func (q *PackedQueue) Unpop(c *Chain) error {
+	if !c.pending || c.descs == 0 || uint32(c.descs) > q.inflight {
+		return fmt.Errorf("unpop chain %d: %w", c.Head, ErrNotPopped)
+	}
+	p := int(q.availPos) - int(c.descs)
+	if p < 0 {
+		p += int(q.size)
+		q.availWrap ^= 1
+	}
+	q.availPos = uint16(p)
+	q.inflight -= uint32(c.descs)
+	c.pending = false
+	return nil
+}
+
 // advance moves (pos, wrap) forward by n <= Size positions.
 func (q *PackedQueue) advance(pos, wrap, n uint16) (uint16, uint16) {
 	p := uint32(pos) + uint32(n)

@@ -66,6 +66,13 @@ type Queue interface {
 	// DisableNotify tells the driver that kicks are not needed (the
 	// device is polling). Drivers may kick anyway.
 	DisableNotify()
+	// Unpop gives back c, the most recently popped chain that was not
+	// pushed, as if it had never been popped: the next Pop returns it
+	// again. Chains go back in the reverse of their pop order. A device
+	// that pops receive buffers ahead of the data uses it when it stops,
+	// so the driver never sees them come back empty (Linux vhost
+	// vhost_discard_vq_desc).
+	Unpop(c *Chain) error
 	// NextAvail is the index of the next chain to pop, as
 	// VHOST_USER_GET_VRING_BASE reports it (packed: bit 15 is the wrap
 	// counter).

@@ -144,6 +144,20 @@ func (q *SplitQueue) NextAvail() uint16 { return q.lastAvail }
 // NextUsed returns the used ring index the next Push fills.
 func (q *SplitQueue) NextUsed() uint16 { return q.nextUsed }
 
+// Unpop gives back the most recently popped chain (see Queue).
+func (q *SplitQueue) Unpop(c *Chain) error {
+	if !c.pending || q.inflight == 0 {
+		return fmt.Errorf("unpop chain %d: %w", c.Head, ErrNotPopped)
+	}
+	if head := binary.LittleEndian.Uint16(q.availRing[2*int((q.lastAvail-1)&q.mask):]); head != c.Head {
+		return fmt.Errorf("unpop chain %d: the last popped avail entry names chain %d: %w", c.Head, head, ErrNotPopped)
+	}
+	q.lastAvail--
+	q.inflight--
+	c.pending = false
+	return nil
+}
+
 // Pop reads the next available chain into c (see Queue).
 func (q *SplitQueue) Pop(c *Chain) (bool, error) {
 	c.reset()

@@ -262,8 +262,22 @@ func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
 	}
 }
 
-// release returns every pending chain unused, when the worker stops.
+// release gives every pending chain back to the ring unused, newest
+// first, when the worker stops: the next Pop (this engine's or a
+// successor's on the same ring) sees them again, and the driver never sees
+// its buffers come back empty.
 func (r *rxState) release() {
+	for r.count > 0 {
+		c := &r.chains[(r.head+r.count-1)%len(r.chains)]
+		if err := r.q.Unpop(c); err != nil {
+			// Cannot happen for chains popped in order; return the rest
+			// empty rather than lose them.
+			r.qp.log.Warn("give back RX chain", "error", err)
+			break
+		}
+		r.capacity -= uint64(c.WriteLen)
+		r.count--
+	}
 	if r.count == 0 {
 		return
 	}
