@@ -22,7 +22,7 @@ deps:
 # race detector on the concurrent packages, and short fuzz runs.
 test: deps lint build
 	$(GO) test -count=1 -timeout 40m ./...
-	$(GO) test -count=1 -race -timeout 20m ./virtio/... $(if $(wildcard vhostuser),./vhostuser/...)
+	$(GO) test -count=1 -race -timeout 20m ./virtio/... ./vhostuser/... ./backend/engine/... ./backend/netdev/...
 	$(MAKE) fuzz-smoke
 
 # unit runs the tests that need neither root nor packages.
