@@ -288,6 +288,7 @@ func (qp *QueuePair) run(p *poller) error {
 		if err != nil {
 			return qp.fail(err)
 		}
+		qp.ctr.Wakeups.Add(1)
 		for _, ev := range events {
 			switch ev.Fd {
 			case tagStop:
