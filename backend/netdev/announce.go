@@ -19,6 +19,14 @@ func (d *Device) Announce(mac net.HardwareAddr) error {
 	if err != nil {
 		return fmt.Errorf("announce: %w", err)
 	}
+	// A detached queue file cannot write (tun.c returns EBUSY): attach
+	// queue 0 for the write when no queue pair runs on it.
+	if !q.Enabled() {
+		if err := d.opts.TAP.EnableQueue(0); err != nil {
+			return fmt.Errorf("announce: %w", err)
+		}
+		defer d.opts.TAP.DisableQueue(0)
+	}
 	hdr := d.opts.TAP.VnetHdrSize()
 	f := make([]byte, hdr+60) // a zero vnet header, then the padded frame
 	e := f[hdr:]
