@@ -16,17 +16,18 @@ import (
 // next frame: with VIRTIO_NET_F_MRG_RXBUF one frame may span many of them,
 // and the frame's size is known only after the read.
 type rxState struct {
-	qp       *QueuePair
-	q        virtio.Queue
-	chains   []virtio.Chain // a ring of pending chains, len == queue size
-	head     int            // first pending chain
-	count    int            // pending chains
-	capacity uint64         // their writable bytes
-	iov      iovecs
-	spill    []byte // catches the excess of a frame too big for the guest
-	mrg      bool
-	maxFrame uint64 // vnet header plus the largest frame the guest may receive
-	noVnet   bool   // the TAP has no vnet header: the engine writes a zero one
+	qp        *QueuePair
+	q         virtio.Queue
+	chains    []virtio.Chain // a ring of pending chains, len == queue size
+	head      int            // first pending chain
+	count     int            // pending chains
+	capacity  uint64         // their writable bytes
+	iov       iovecs
+	spill     []byte // catches the excess of a frame too big for the guest
+	mrg       bool
+	guestCsum bool   // flags may be non-zero
+	maxFrame  uint64 // vnet header plus the largest frame the guest may receive
+	noVnet    bool   // the TAP has no vnet header: the engine writes a zero one
 
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
@@ -45,6 +46,7 @@ func (r *rxState) init(qp *QueuePair) {
 	r.iov.v = make([]unix.Iovec, 0, 64)
 	f := qp.cfg.Features
 	r.mrg = f.Has(virtio.NetFMrgRxbuf)
+	r.guestCsum = f.Has(virtio.NetFGuestCsum)
 	r.noVnet = qp.cfg.NoVnetHdr
 	frame := uint64(qp.cfg.MTU) + 14 + 4
 	if f&(virtio.NetFGuestTSO4|virtio.NetFGuestTSO6|virtio.NetFGuestUFO|virtio.NetFGuestUSO4|virtio.NetFGuestUSO6) != 0 {
@@ -259,6 +261,12 @@ func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
 	if hdrLen == virtio.HdrLenHash {
 		var zero [virtio.HdrLenHash - virtio.HdrLenV1]byte
 		scatterPut(c.Writable, virtio.HdrLenV1, zero[:])
+	}
+	if !r.guestCsum {
+		// Without GUEST_CSUM the device must leave flags zero (virtio
+		// 1.2 §5.1.6.4.1); tun still sets DATA_VALID for checksums the
+		// stack verified.
+		scatterPut(c.Writable, 0, []byte{0})
 	}
 }
 

@@ -49,6 +49,7 @@ type Device struct {
 	opts     Options
 	log      hclog.Logger
 	offered  virtio.Features
+	txCaps   offload.TXCaps
 	pairs    []pair
 	counters []*engine.Counters
 
@@ -105,6 +106,7 @@ func New(opts Options) (*Device, error) {
 	tapFeatures := opts.TAP.Features()
 	d.offered = ringFeatures | virtio.NetFMrgRxbuf | virtio.NetFMAC | virtio.NetFStatus |
 		offload.Offer(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
+	d.txCaps = offload.TXCapsFor(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
 	if opts.MTU != 0 {
 		d.offered |= virtio.NetFMTU
 	}
@@ -237,6 +239,9 @@ func (d *Device) startPair(i int) error {
 		Features: d.acked,
 		MTU:      d.opts.MTU,
 		BusyPoll: d.opts.BusyPoll,
+		// USO frames the kernel cannot take (before Linux 6.2) are
+		// segmented in software, as Offer promised.
+		NoUSO:    !d.txCaps.USO,
 		Counters: d.counters[i],
 		Logger:   d.log,
 	})
