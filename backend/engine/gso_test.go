@@ -84,6 +84,7 @@ func txTCP(nr *netRig, v6 bool) {
 		network, addr, mss, max = "tcp6", "[fd78::2]:5001", 1428, 65535-32
 	}
 	l := listenTCP(t, nr.peer, network, addr)
+	defer l.Close()
 	capt := newCapture(t, nr.peer, "vp")
 	g := nr.dial(v6, 5001)
 	// One frame as big as the peer's first window and an IP packet allow.
@@ -209,6 +210,7 @@ func rxTCP(t *testing.T, nr *netRig, v6 bool, port uint16, n int) map[virtio.GSO
 		network, addr = "tcp6", fmt.Sprintf("[fd78::2]:%d", port)
 	}
 	l := listenTCP(t, nr.peer, network, addr)
+	defer l.Close()
 	data := pattern(n, 13)
 	done := make(chan error, 1)
 	go func() {
@@ -232,6 +234,9 @@ func rxTCP(t *testing.T, nr *netRig, v6 bool, port uint16, n int) map[virtio.GSO
 	}
 	if !bytes.Equal(g.got, data) {
 		t.Fatalf("guest got %d bytes, different from the %d sent", len(g.got), n)
+	}
+	if nr.onConn != nil {
+		nr.onConn(g)
 	}
 	return g.gsoSeen
 }

@@ -47,9 +47,10 @@ type netRig struct {
 	noVnet   bool          // the TAP has no vnet header
 	mod      func(*Config) // adjusts every queue pair's config
 	rxBuf    int
-	lastPort uint16
+	lastPort uint16 // the guest's last TCP port, less 40000
+	ecn      bool   // dial asks for ECN
+	onConn   func(*guestTCP)
 	mtu      int
-	pending  []rxFrame // reaped, not yet consumed
 }
 
 var (
@@ -224,7 +225,6 @@ func (nr *netRig) start(features virtio.Features) {
 	if err := r.qp.Start(); err != nil {
 		t.Fatal(err)
 	}
-	nr.pending = nil
 	nr.postRX(256, nr.rxBuf)
 }
 
@@ -568,6 +568,14 @@ type guestTCP struct {
 	got      []byte
 	frames   int // frames of this connection received
 	gsoSeen  map[virtio.GSOType]int
+
+	// With ecn the guest asks for ECN in its SYN and, once data came,
+	// echoes congestion (ECE) once; the peer answers with CWR in its
+	// next segment, which Linux sends as a GSO frame of type TCP|ECN
+	// (tcp_ecn_send). cwr collects the gso_type of every frame with CWR.
+	ecn     bool
+	eceSent bool
+	cwr     []virtio.GSOType
 }
 
 // guestWin is the window the guest advertises after its SYN: 192 KiB
@@ -588,7 +596,12 @@ func (nr *netRig) dial(v6 bool, dport uint16) *guestTCP {
 		mss = 1440
 	}
 	opts := []byte{2, 4, byte(mss >> 8), byte(mss), 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7}
-	syn := g.out.tcp(g.snd, 0, tcpSYN, 0xffff, opts, nil, false)
+	synFlags := byte(tcpSYN)
+	if nr.ecn {
+		g.ecn = true
+		synFlags |= tcpECE | tcpCWR
+	}
+	syn := g.out.tcp(g.snd, 0, synFlags, 0xffff, opts, nil, false)
 	var synack *packet
 	for try := 0; try < 3 && synack == nil; try++ {
 		nr.send([]virtio.NetHdr{{}}, [][]byte{syn})
@@ -637,7 +650,12 @@ func (g *guestTCP) mine(p *packet) bool {
 
 // ack sends a pure ACK, with a partial checksum as Linux would.
 func (g *guestTCP) ack() {
-	f := g.out.tcp(g.snd, g.rcv, tcpACK, guestWin, tsOpt(2, g.tsPeer), nil, true)
+	flags := byte(tcpACK)
+	if g.ecn && !g.eceSent && len(g.got) > 0 {
+		flags |= tcpECE
+		g.eceSent = true
+	}
+	f := g.out.tcp(g.snd, g.rcv, flags, guestWin, tsOpt(2, g.tsPeer), nil, true)
 	g.nr.send([]virtio.NetHdr{gsoHdr(f, virtio.GSONone, 0)}, [][]byte{f})
 }
 
@@ -675,6 +693,9 @@ func (g *guestTCP) read(n int, wait time.Duration, check func(rxFrame) (*packet,
 			}
 			g.frames++
 			g.gsoSeen[f.hdr.GSOType]++
+			if p.flags&tcpCWR != 0 {
+				g.cwr = append(g.cwr, f.hdr.GSOType)
+			}
 			if p.seq == g.rcv && len(p.payload) > 0 {
 				g.got = append(g.got, p.payload...)
 				g.rcv += uint32(len(p.payload))

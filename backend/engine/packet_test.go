@@ -31,6 +31,8 @@ const (
 	tcpRST = 0x04
 	tcpPSH = 0x08
 	tcpACK = 0x10
+	tcpECE = 0x40
+	tcpCWR = 0x80
 )
 
 // flow is one direction of a conversation between two addresses.
