@@ -574,7 +574,18 @@ func (s *session) setMemTable(m *message, t MemoryTable) error {
 	return s.swapMemory(maps, maps, s.maps)
 }
 
+// addMemReg maps and adds a region. A region that is already in the table, exactly, is
+// acknowledged and left as it is: QEMU before 8.0 keeps a memory table per vhost device,
+// one per queue pair of a multi-queue net device, and each of them sends its own
+// ADD_MEM_REG (and REM_MEM_REG) over the one connection (vhost_user_one_time_request
+// did not list them).
 func (s *session) addMemReg(m *message, r MemoryRegion) error {
+	for _, mp := range s.maps {
+		if mp.desc == r {
+			s.log.Debug("region added again, already mapped", "guest_addr", r.GuestAddr, "bytes", r.Size)
+			return nil
+		}
+	}
 	if len(s.maps) >= s.srv.maxMemSlots {
 		return fmt.Errorf("add region at guest %#x: all %d memory slots in use", r.GuestAddr, s.srv.maxMemSlots)
 	}
@@ -593,7 +604,9 @@ func (s *session) addMemReg(m *message, r MemoryRegion) error {
 }
 
 // remMemReg removes the region with the same guest address, user address and size; the
-// mmap offset is ignored (vhost-user.rst REM_MEM_REG).
+// mmap offset is ignored (vhost-user.rst REM_MEM_REG). Removing a region that is not in
+// the table is acknowledged and changes nothing: it is the second queue pair's copy of a
+// removal (see addMemReg).
 func (s *session) remMemReg(r MemoryRegion) error {
 	for i, mp := range s.maps {
 		d := mp.desc
@@ -603,7 +616,8 @@ func (s *session) remMemReg(r MemoryRegion) error {
 		maps := append(append(make([]*mapping, 0, len(s.maps)-1), s.maps[:i]...), s.maps[i+1:]...)
 		return s.swapMemory(maps, nil, []*mapping{mp})
 	}
-	return fmt.Errorf("remove region at guest %#x user %#x size %#x: no such region", r.GuestAddr, r.UserAddr, r.Size)
+	s.log.Debug("region removed again, not mapped", "guest_addr", r.GuestAddr, "bytes", r.Size)
+	return nil
 }
 
 // swapMemory switches to the memory of maps, of which added are new and removed are

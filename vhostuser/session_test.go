@@ -368,8 +368,60 @@ func TestMemorySlots(t *testing.T) {
 	if _, ok := dev.queue(0); !ok {
 		t.Fatalf("ring 0 not restarted once its region is back; events %q", dev.eventList())
 	}
-	if got := fe.ack(ReqRemMemReg, MemRegionMsg{Region: lo}); got == 0 {
-		t.Errorf("REM_MEM_REG of a removed region: got ack 0, want failure")
+	fe.close()
+	if err := wait(); err != nil {
+		t.Fatalf("ServeConn: %v", err)
+	}
+	unix.Close(mfd)
+	checkNoFDLeak(t, before)
+}
+
+// TestMemoryRegionsPerQueuePair is QEMU 7.2 with a 2-queue vhost-user-net device: one
+// vhost device per queue pair, each with its own copy of the memory table, so every
+// ADD_MEM_REG and REM_MEM_REG arrives twice over the one connection. QEMU waits for each
+// ack (REPLY_ACK) and gives up on vhost-user ("falling back on userspace virtio") on a
+// failure.
+func TestMemoryRegionsPerQueuePair(t *testing.T) {
+	before := openFDs(t)
+	dev := newFakeDevice()
+	srv := NewServer(dev, Options{MaxMemSlots: 1})
+	c, fe := socketPair(t)
+	wait := serve(t, srv, c)
+	negotiateSlots(t, fe, dev, qemuProtocol, uint64(virtio.FVersion1)|FProtocolFeatures, 1)
+
+	mfd := memfd(t, 2*guestSize)
+	defer unix.Close(mfd)
+	r := guestRegion()
+	fe.mustAck(ReqAddMemReg, MemRegionMsg{Region: r}, mfd)
+	fe.setUpRing(0, 256)
+	fe.mustAck(ReqSetVringEnable, VringState{Index: 0, Num: 1})
+	first, ok := dev.queue(0)
+	if !ok {
+		t.Fatalf("ring 0 not started")
+	}
+	// The second vhost device's copy: acked, and with one slot it cannot have been mapped
+	// a second time.
+	fe.mustAck(ReqAddMemReg, MemRegionMsg{Region: r}, mfd)
+	if q, ok := dev.queue(0); !ok || q.Memory != first.Memory || len(q.Memory.Regions()) != 1 {
+		t.Fatalf("ring 0 after a repeated ADD_MEM_REG: running %t, memory replaced %t; want it running on the same memory", ok, q.Memory != first.Memory)
+	}
+	// A region that only overlaps is still refused.
+	moved := r
+	moved.MmapOffset = guestSize
+	moved.Size = guestSize / 2
+	if got := fe.ack(ReqAddMemReg, MemRegionMsg{Region: moved}, mfd); got == 0 {
+		t.Errorf("ADD_MEM_REG of a region overlapping another: got ack 0, want failure")
+	}
+	// Both copies of the removal are acked; the first one removes.
+	fe.mustAck(ReqRemMemReg, MemRegionMsg{Region: r})
+	if _, ok := dev.queue(0); ok {
+		t.Fatalf("ring 0 running with its region removed")
+	}
+	fe.mustAck(ReqRemMemReg, MemRegionMsg{Region: r})
+	fe.mustAck(ReqAddMemReg, MemRegionMsg{Region: r}, mfd)
+	fe.mustAck(ReqAddMemReg, MemRegionMsg{Region: r}, mfd)
+	if q, ok := dev.queue(0); !ok || len(q.Memory.Regions()) != 1 {
+		t.Fatalf("ring 0 after the region came back twice: running %t; want restarted over 1 region", ok)
 	}
 	fe.close()
 	if err := wait(); err != nil {
