@@ -3,6 +3,7 @@ package fdpass
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 
@@ -61,7 +62,7 @@ func Send(c *net.UnixConn, payload []byte, files []*os.File) error {
 // a message with more, with truncated control data, or (on a
 // SOCK_SEQPACKET socket) longer than buf is an error wrapping
 // ErrTruncated, and every descriptor that arrived is closed. A peer that
-// closed the connection gives io.EOF-like n == 0 with no error.
+// closed the connection gives n == 0 and no files, with no error.
 func Recv(c *net.UnixConn, buf []byte, maxFiles int) (n int, files []*os.File, err error) {
 	if maxFiles < 0 || maxFiles > MaxFiles {
 		return 0, nil, fmt.Errorf("receive descriptors: limit %d outside [0, %d]", maxFiles, MaxFiles)
@@ -77,6 +78,8 @@ func Recv(c *net.UnixConn, buf []byte, maxFiles int) (n int, files []*os.File, e
 		}
 	}
 	switch {
+	case errors.Is(err, io.EOF) && n == 0 && len(fds) == 0:
+		return 0, nil, nil
 	case err != nil:
 		closeAll()
 		return 0, nil, fmt.Errorf("receive message: %w", err)

@@ -15,6 +15,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	var ce *childExit
+	if errors.As(err, &ce) {
+		os.Exit(ce.code)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vmnet-helper: %v\n", err)
 		var ue *usageError

@@ -28,6 +28,25 @@ commands:
         serve a vhost-user-net device backed by a multi-queue TAP until SIGINT or
         SIGTERM; prints the TAP's name; SIGUSR1 prints per-queue counters to stderr
 
+  [bridge-helper] [--acl FILE] --use-vnet --fd=N --br=BRIDGE
+        qemu-bridge-helper's protocol, for -netdev bridge,helper= and
+        -netdev tap,helper=: make a tap%d on BRIDGE if the access list allows
+        it, send its descriptor on fd N, exit
+  exec [--tap NAME|TEMPLATE] [--queues N] [--bridge BR] [--netns NAME] [--mac ADDR]
+       [--mtu N] [--vnet-hdr 10|12|20] [--offloads none|LIST] [--steering none]
+       [--persist] [--user USER] -- COMMAND ARGS...
+        make a multi-queue TAP, run COMMAND with its queues at descriptors 3,
+        4, ... and no privileges, wait for it; COMMAND's arguments may use
+        {fds} (3:4), {fds-comma} (3,4), {fd0}, {queues}, {tap}, {mac}, {tap-mac}
+  serve-fds --socket PATH [--acl FILE] [--max-queues N] [--socket-mode 0660]
+            [--socket-group GROUP] [--timeout DUR]
+        hand TAP queue descriptors to clients the access list allows
+        (backend/fdpass is the client); keeps only CAP_NET_ADMIN
+
+The access list (bridge-helper, serve-fds, and exec when setuid) is
+/etc/vmnet/bridge.conf unless --acl or VMNET_HELPER_ACL name another; see
+docs/hypervisors.md.
+
 Every command takes --log-level (trace, debug, info, warn, error; default info)
 and --log-format (text or json; logs go to stderr).
 `
@@ -48,6 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		io.WriteString(stderr, usage)
 		return usagef("no command given")
 	}
+	if err := refuseWhenSetuid(args[0]); err != nil {
+		return err
+	}
 	switch args[0] {
 	case "tap":
 		return runTap(ctx, args[1:], stdout, stderr)
@@ -56,6 +78,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "help", "-h", "--help":
 		io.WriteString(stdout, usage)
 		return nil
+	case "bridge-helper", qemuHelperArgs(args):
+		return runBridgeHelper(ctx, args, stdout, stderr)
+	case "exec":
+		return runExec(ctx, args[1:], stdout, stderr)
+	case "serve-fds":
+		return runServeFds(ctx, args[1:], stdout, stderr)
 	default:
 		io.WriteString(stderr, usage)
 		return usagef("unknown command %q", args[0])

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmnet-dev/vmnet/backend/fdpass"
+	"golang.org/x/sys/unix"
+)
+
+// The privileged modes drop the privileges of the process they run in,
+// so their tests run the real binary, built as `make build` builds it
+// (CGO_ENABLED=0), the way QEMU and users run it.
+
+// publicDir returns a fresh directory that other users can enter and
+// read, for binaries they run.
+func publicDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// buildHelper builds vmnet-helper into dir. ldflags are passed on (tests
+// set main.defaultACL with -X, as a packager would).
+func buildHelper(t *testing.T, dir string, ldflags ...string) string {
+	t.Helper()
+	return goBuild(t, dir, "vmnet-helper", ".", ldflags...)
+}
+
+func goBuild(t *testing.T, dir, name, pkg string, ldflags ...string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	args := []string{"build", "-o", out}
+	if len(ldflags) > 0 {
+		args = append(args, "-ldflags", strings.Join(ldflags, " "))
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// writeACL writes an access list that root owns and nobody else may
+// write, in a folder anyone may enter.
+func writeACL(t *testing.T, dir, text string) string {
+	t.Helper()
+	path := filepath.Join(dir, "bridge.conf")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// helperResult is how one run of the bridge helper ended.
+type helperResult struct {
+	files  []*os.File
+	code   int
+	stderr string
+}
+
+// runBridgeHelperAs runs argv the way QEMU runs a helper: with one end of
+// a SOCK_STREAM socketpair as fd 3 (and --fd=3 among the arguments), and
+// collects the descriptors it sends.
+func runBridgeHelperAs(t *testing.T, env []string, argv ...string) helperResult {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "qemu end")
+	theirs := os.NewFile(uintptr(fds[1]), "helper end")
+	defer ours.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	c, err := net.FileConn(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, files, rerr := fdpass.Recv(c.(*net.UnixConn), make([]byte, 1), 1)
+	err = cmd.Wait()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if rerr != nil {
+		t.Fatalf("receive from helper: %v (stderr %s)", rerr, stderr.String())
+	}
+	for _, f := range files {
+		t.Cleanup(func() { f.Close() })
+	}
+	return helperResult{files: files, code: code, stderr: stderr.String()}
+}
+
+// tapName reads which TAP a TUN file is attached to (fdinfo's "iff:").
+func tapName(t *testing.T, pid int, fd int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "iff:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func fileFd(t *testing.T, f *os.File) int {
+	t.Helper()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	rc.Control(func(fd uintptr) { n = int(fd) })
+	return n
+}
+
+// freeUID finds a uid (and same-numbered gid) that no account and no
+// process uses: the unprivileged user a test creates.
+func freeUID(t *testing.T, from int) int {
+	t.Helper()
+	for uid := from; uid < from+1000; uid++ {
+		if _, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+			continue
+		}
+		if _, err := user.LookupGroupId(strconv.Itoa(uid)); err == nil {
+			continue
+		}
+		return uid
+	}
+	t.Fatalf("no free uid from %d", from)
+	return 0
+}
+
+// procStatus reads fields of /proc/PID/status.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	st, err := readStatus(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// children lists the child processes of pid.
+func children(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	return -1
+}
