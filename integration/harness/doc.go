@@ -1,0 +1,12 @@
+// Package harness is the host side of vmnet's end-to-end runs, shared by
+// the integration tests and the demo (cmd in integration/demo): it runs
+// vmnet-helper as a child process and reads its counters, runs iperf3
+// servers and other commands in a network namespace, builds QEMU's
+// vhost-user options, and parses what the helper, ping, iperf3, ethtool
+// and DPDK's testpmd print.
+//
+// It owns the processes it starts and nothing else: the caller creates and
+// deletes network namespaces (NewNetNS returns the function that deletes
+// one), and boots guests with integration/guest. It never calls
+// testing.T, so a plain program can use it; the tests wrap it.
+package harness
