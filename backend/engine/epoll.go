@@ -9,8 +9,8 @@ import (
 // poller is one queue pair's epoll instance. The worker blocks in
 // epoll_wait on its own thread, the way vhost-net's worker thread sleeps,
 // instead of parking goroutines in the runtime's poller: one wait covers
-// both kicks, the TAP fd and the stop signal, and the TAP fd's interest is
-// switched off while the RX ring has no buffers.
+// both kicks, the TAP fd and the stop signal, and the TAP fd leaves the set
+// while the RX ring has no buffers.
 type poller struct {
 	fd     int
 	events [8]unix.EpollEvent
@@ -33,11 +33,10 @@ func (p *poller) add(fd int, tag int32, events uint32) error {
 	return nil
 }
 
-// modify changes the events watched on fd.
-func (p *poller) modify(fd int, tag int32, events uint32) error {
-	ev := unix.EpollEvent{Events: events, Fd: tag}
-	if err := unix.EpollCtl(p.fd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl mod fd %d: %w", fd, err)
+// remove stops watching fd.
+func (p *poller) remove(fd int) error {
+	if err := unix.EpollCtl(p.fd, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
+		return fmt.Errorf("epoll_ctl del fd %d: %w", fd, err)
 	}
 	return nil
 }

@@ -257,19 +257,24 @@ func (qp *QueuePair) run(p *poller) error {
 				work = true
 			}
 		}
-		if rx.tapReadable && !rx.starved && !rx.broken {
+		if rx.tapReadable && !rx.starved && !rx.broken && !rx.gone {
 			if rx.process() {
 				work = true
 			}
 		}
-		// Read the TAP only while the guest has buffers for it; otherwise
+		// Watch the TAP only while the guest has buffers for it; otherwise
 		// the level-triggered TAP fd would wake the worker for nothing.
-		if want := !rx.starved && !rx.broken; want != tapWatched {
-			ev := uint32(0)
+		// Unwatching takes the fd out of the set: epoll reports EPOLLERR
+		// and EPOLLHUP whatever the interest, and a file whose device
+		// went away reports EPOLLERR for good.
+		if want := !rx.starved && !rx.broken && !rx.gone; want != tapWatched {
+			var err error
 			if want {
-				ev = unix.EPOLLIN
+				err = p.add(qp.tapFd, tagTAP, unix.EPOLLIN)
+			} else {
+				err = p.remove(qp.tapFd)
 			}
-			if err := p.modify(qp.tapFd, tagTAP, ev); err != nil {
+			if err != nil {
 				return qp.fail(err)
 			}
 			tapWatched = want

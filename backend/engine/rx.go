@@ -32,6 +32,7 @@ type rxState struct {
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
 	broken      bool
+	gone        bool // the TAP file will never read again
 	logged      uint64
 }
 
@@ -111,14 +112,19 @@ func (r *rxState) process() bool {
 			r.tapReadable = false
 			break
 		}
+		if err == unix.EBADFD || err == nil && n == 0 {
+			// The device is gone (tun.c tun_detach_all: the file reads
+			// EBADFD and polls EPOLLERR for good), or the other end of
+			// a socket closed. Stop watching the file, or its error
+			// would wake the worker forever.
+			r.gone = true
+			r.tapReadable = false
+			qp.log.Warn("TAP queue gone, not reading it any more", "error", err)
+			break
+		}
 		if err != nil {
 			kernel++
 			r.logDrop("TAP read failed", err)
-			if err == unix.EBADFD {
-				// The queue was detached from the device: nothing will come.
-				r.tapReadable = false
-				break
-			}
 			continue
 		}
 		n += skip

@@ -1,0 +1,58 @@
+package engine
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
+)
+
+// The TAP device disappears under a running queue pair (ip link del, or
+// its namespace goes): reads fail with EBADFD and the fd reports EPOLLERR
+// for good, whatever epoll was asked to watch. The worker must neither
+// spin on it, whether the guest has receive buffers or not, nor stop
+// serving the guest's TX ring (its writes are counted as kernel drops).
+func TestTAPDeviceGoneMidTraffic(t *testing.T) {
+	nr := newNetRig(t, netOptions{})
+	src := listenUDP(t, nr.ns, "udp4", "10.77.0.1:0")
+	for _, starved := range []bool{false, true} {
+		t.Run(fmt.Sprintf("starved=%v", starved), func(t *testing.T) {
+			nr.use(t)
+			nr.useTAP(false, nr.hdrLen, 0)
+			nr.start(nr.features)
+			if starved {
+				// Use up every receive buffer: the worker stops
+				// watching the TAP.
+				for i := 0; i < 300; i++ {
+					src.WriteToUDP([]byte("to the guest"), &net.UDPAddr{IP: guest4, Port: 9001})
+				}
+				waitFor(t, func() bool { return nr.qp.Counters().RXWaitBuffers.Load() > 0 }, "rx_wait_buffers")
+			}
+			testutil.Exec(t, nr.ns, "ip", "link", "del", "dev", nr.tapName)
+			if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
+				t.Errorf("device gone: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
+			}
+			if starved {
+				// Buffers again: the worker watches the TAP, finds it
+				// gone, and leaves it.
+				nr.rx.Reap()
+				nr.postRX(int(nr.rx.Size())-nr.rx.InFlight(), nr.rxBuf)
+				waitFor(t, func() bool { return nr.qp.Counters().RXKicks.Load() > 0 }, "rx_kicks")
+				if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
+					t.Errorf("device gone, buffers posted: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
+				}
+			}
+			before := nr.qp.Counters().TXDropKernel.Load()
+			for i := range 5 {
+				nr.sendTX(nr.seqFrame(i))
+			}
+			waitFor(t, func() bool { return nr.qp.Counters().TXDropKernel.Load() == before+5 }, "TX frames counted as dropped")
+			if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
+				t.Errorf("device gone, after TX: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
+			}
+			t.Logf("counters %s", nr.qp.Counters().Snapshot())
+		})
+	}
+}
