@@ -11,8 +11,10 @@ FUZZTIME ?= 5s
 
 all: build
 
+# CGO_ENABLED=0: vmnet-helper drops privileges on every thread with
+# syscall.AllThreadsSyscall, which a cgo binary cannot use.
 build:
-	$(GO) build -o $(BIN)/vmnet-helper ./cmd/vmnet-helper
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/vmnet-helper ./cmd/vmnet-helper
 
 # deps installs the Debian packages the privileged and integration tests use.
 deps:

@@ -15,6 +15,7 @@ const usage = `usage: vmnet-helper COMMAND [ARGS]
 commands:
   tap create [--name vmnet%d] [--queues N] [--persist] [--owner UID] [--group GID]
              [--mtu N] [--netns NAME] [--vnet-hdr 10|12|20] [--no-napi]
+             [--bridge BR] [--single-queue]
         create a multi-queue TAP device and print its name; without --persist
         the device lives until vmnet-helper gets SIGINT or SIGTERM
   tap delete [--netns NAME] NAME

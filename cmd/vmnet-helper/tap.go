@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/vmnet-dev/vmnet/backend"
 )
 
@@ -39,6 +40,8 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		group   = fs.String("group", "", "group (name or gid) allowed to attach queues without CAP_NET_ADMIN")
 		mtu     = fs.Int("mtu", 0, "MTU (68 to 65521); 0 keeps the kernel's 1500")
 		persist = fs.Bool("persist", false, "keep the device after vmnet-helper exits")
+		single  = fs.Bool("single-queue", false, "make a TAP without IFF_MULTI_QUEUE, for hypervisors that open it by name (Firecracker)")
+		bridge  = fs.String("bridge", "", "attach the TAP to this bridge (its MTU unless --mtu)")
 	)
 	lf.register(fs)
 	fs.StringVar(&opts.Name, "name", backend.DefaultName, "interface name or template with one %d")
@@ -85,6 +88,22 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return usagef("tap create: --vnet-hdr %d: want 10, 12 or 20", opts.VnetHdrSize)
 	}
 
+	if *bridge != "" {
+		if err := backend.ValidateName(*bridge, false); err != nil {
+			return usagef("tap create: --bridge: %v", err)
+		}
+	}
+	if *single {
+		if opts.Queues != 1 {
+			return usagef("tap create: --single-queue makes one queue, not %d", opts.Queues)
+		}
+		return tapCreateSingle(ctx, opts, *bridge, *mtu, *persist, log, stdout)
+	}
+	link, err := tapLinkConfig(opts.NetNS, *bridge, *mtu)
+	if err != nil {
+		return err
+	}
+
 	// Created non-persistent and made persistent last, so a failure half
 	// way leaves nothing behind.
 	dev, err := backend.Create(opts)
@@ -92,8 +111,8 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("create tap: %w", err)
 	}
 	defer dev.Close()
-	if *mtu != 0 {
-		if err := dev.SetMTU(*mtu); err != nil {
+	if *bridge != "" || *mtu != 0 {
+		if err := configureTapLink(dev.Name(), opts.NetNS, link); err != nil {
 			return err
 		}
 	}
@@ -233,4 +252,66 @@ func oneName(args []string, cmd string) (string, error) {
 		return "", usagef("%s: %v", cmd, err)
 	}
 	return args[0], nil
+}
+
+// tapLinkConfig is what tap create sets on the link: the MTU asked for,
+// else the bridge's; the bridge; and, on a bridge, up.
+func tapLinkConfig(netNS, bridge string, mtu int) (backend.LinkConfig, error) {
+	c := backend.LinkConfig{MTU: mtu, Bridge: bridge, Up: bridge != ""}
+	if bridge != "" {
+		br, err := backend.LookupBridge(bridge, netNS)
+		if err != nil {
+			return c, fmt.Errorf("tap create: %w", err)
+		}
+		if c.MTU == 0 {
+			c.MTU = br.MTU
+		}
+	}
+	return c, nil
+}
+
+// configureTapLink applies c, giving a bridge port the 0xfe-first MAC
+// that keeps it from becoming the bridge's address.
+func configureTapLink(name, netNS string, c backend.LinkConfig) error {
+	if c.Bridge != "" {
+		info, err := backend.Lookup(name, netNS)
+		if err != nil {
+			return err
+		}
+		c.MAC = portMAC(info.MAC)
+	}
+	return backend.ConfigureLink(name, netNS, c)
+}
+
+// tapCreateSingle makes the one-queue TAP a hypervisor opens by name.
+func tapCreateSingle(ctx context.Context, opts backend.Options, bridge string, mtu int, persist bool, log hclog.Logger, stdout io.Writer) error {
+	link, err := tapLinkConfig(opts.NetNS, bridge, mtu)
+	if err != nil {
+		return err
+	}
+	f, name, err := backend.CreateSingleQueue(backend.SingleQueueOptions{
+		Name: opts.Name, Persist: persist, Owner: opts.Owner, Group: opts.Group, NetNS: opts.NetNS, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("create tap: %w", err)
+	}
+	defer f.Close()
+	if bridge != "" || mtu != 0 {
+		if err := configureTapLink(name, opts.NetNS, link); err != nil {
+			if persist {
+				_ = backend.Delete(name, opts.NetNS)
+			}
+			return err
+		}
+	}
+	if persist {
+		// The file is the device's only one: closing it leaves the device
+		// free for the hypervisor to attach to.
+		fmt.Fprintln(stdout, name)
+		return f.Close()
+	}
+	fmt.Fprintln(stdout, name)
+	log.Info("device lives until SIGINT or SIGTERM", "tap", name)
+	<-ctx.Done()
+	return f.Close()
 }

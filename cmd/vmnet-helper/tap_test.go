@@ -146,3 +146,45 @@ func TestTapCreateLivesUntilSignal(t *testing.T) {
 		t.Error("non-persistent device outlived tap create")
 	}
 }
+
+func TestTapCreateSingleQueueOnBridge(t *testing.T) {
+	testutil.RequireTUN(t)
+	ns := testutil.NetNS(t)
+	testutil.Exec(t, ns, "ip", "link", "add", "br0", "type", "bridge")
+	testutil.Exec(t, ns, "ip", "link", "set", "br0", "mtu", "1400", "up")
+	// What the Firecracker recipe makes: a persistent one-queue TAP on a
+	// bridge, owned by the user who runs Firecracker.
+	out, _, err := runHelper("tap", "create", "--netns", ns, "--name", "fc0", "--single-queue", "--persist",
+		"--owner", "65534", "--bridge", "br0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != "fc0" {
+		t.Errorf("printed %q, want fc0", out)
+	}
+	info, err := backend.Lookup("fc0", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.MultiQueue || !info.VnetHdr || !info.Persist || info.Owner != 65534 || info.MTU != 1400 || !info.Up || info.MAC[0] != 0xfe {
+		t.Errorf("device: got %+v; want one queue, vnet_hdr, persistent, owner 65534, the bridge's mtu, up, MAC starting fe", info)
+	}
+	if m, _ := backend.Master("fc0", ns); m != "br0" {
+		t.Errorf("master: got %q, want br0", m)
+	}
+	if _, _, err := runHelper("tap", "delete", "--netns", ns, "fc0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"tap", "create", "--netns", ns, "--single-queue", "--queues", "2"},
+		{"tap", "create", "--netns", ns, "--bridge", "nosuch0"},
+		{"tap", "create", "--netns", ns, "--bridge", "a/b"},
+	} {
+		if _, _, err := runHelper(args...); err == nil {
+			t.Errorf("%v: got nil error", args)
+		}
+	}
+	if out := testutil.Exec(t, ns, "ip", "-o", "link", "show", "type", "tun"); strings.TrimSpace(out) != "" {
+		t.Errorf("TAPs left behind:\n%s", out)
+	}
+}
