@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -165,6 +166,21 @@ func TestVhostUserMultiQueue(t *testing.T) {
 	t.Run("ping both ways", func(t *testing.T) {
 		fromGuest, fromHost := g.pingBothWays(t, 3)
 		t.Logf("RTT guest to host %.3f ms, host to guest %.3f ms", fromGuest.Avg, fromHost.Avg)
+	})
+
+	// QEMU says on its standard error when it dislikes the back-end: a
+	// protocol feature it does not want, a failed request, a fall back to
+	// its own virtio-net ("falling back on userspace virtio").
+	t.Run("QEMU has no complaint", func(t *testing.T) {
+		log, err := os.ReadFile(g.vm.LogPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(log), "\n") {
+			if strings.HasPrefix(l, "[qemu] ") {
+				t.Errorf("QEMU: %s", strings.TrimPrefix(l, "[qemu] "))
+			}
+		}
 	})
 
 	t.Run("offloads negotiated", func(t *testing.T) {

@@ -15,8 +15,9 @@ type Backend interface {
 	// the server and must not be set here.
 	Features() virtio.Features
 	// ProtocolFeatures returns the protocol features the device itself implements beyond
-	// what the server does: ProtocolMTU (see MTUSetter) and ProtocolRARP (see Announcer).
-	// Other bits are ignored.
+	// what the server does: ProtocolMTU (see MTUSetter), ProtocolRARP (see Announcer) and
+	// ProtocolConfig (GET_CONFIG and SET_CONFIG reach GetConfig and SetConfig; without it
+	// they are refused). Other bits are ignored.
 	ProtocolFeatures() ProtocolFeatures
 	// NumQueues is the number of virtqueues (not queue pairs), 1 to MaxQueues; the answer to
 	// GET_QUEUE_NUM and the bound on every ring index. It is read once per connection.

@@ -13,11 +13,13 @@ import (
 )
 
 // serverProtocolFeatures are the protocol features the session implements itself.
-const serverProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq | ProtocolConfig |
+const serverProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq |
 	ProtocolResetDevice | ProtocolConfigureMemSlots | ProtocolStatus
 
 // deviceProtocolFeatures are the ones a Backend may add: the session only relays them.
-const deviceProtocolFeatures = ProtocolMTU | ProtocolRARP
+// CONFIG is among them because a front-end may serve the config space itself, as QEMU
+// does for virtio-net, and warns about a back-end that offers it.
+const deviceProtocolFeatures = ProtocolMTU | ProtocolRARP | ProtocolConfig
 
 // ring is the session's view of one vring (vhost-user.rst "Ring states"): it is started
 // once it has a size, addresses, a kick eventfd, guest memory and is enabled, and stopped by

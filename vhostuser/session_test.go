@@ -77,7 +77,7 @@ func TestQEMUSequence(t *testing.T) {
 
 	acked := uint64(virtio.FVersion1|virtio.NetFMAC|virtio.FEventIdx) | FProtocolFeatures
 	proto := negotiate(t, fe, dev, qemuProtocol, acked)
-	if want := qemuProtocol &^ (ProtocolRARP | ProtocolLogShmfd); proto != want {
+	if want := qemuProtocol &^ (ProtocolRARP | ProtocolLogShmfd | ProtocolConfig); proto != want {
 		t.Fatalf("negotiated protocol features: got %s, want %s", proto, want)
 	}
 
@@ -242,6 +242,7 @@ func TestSetMemTableAndPackedRing(t *testing.T) {
 func TestReplyAckAndRefusals(t *testing.T) {
 	before := openFDs(t)
 	dev := newFakeDevice()
+	dev.proto = ProtocolConfig
 	var logs logBuffer
 	srv := NewServer(dev, Options{Logger: testLogger(&logs)})
 	c, fe := socketPair(t)
@@ -429,4 +430,34 @@ func TestMemoryRegionsPerQueuePair(t *testing.T) {
 	}
 	unix.Close(mfd)
 	checkNoFDLeak(t, before)
+}
+
+// TestConfigOnlyWhenAsked: CONFIG is offered only for a device that asks for it. QEMU's
+// vhost-user-net serves the config space itself and warns about a back-end that offers it.
+func TestConfigOnlyWhenAsked(t *testing.T) {
+	for _, asks := range []bool{false, true} {
+		dev := newFakeDevice()
+		if asks {
+			dev.proto = ProtocolConfig
+		}
+		srv := NewServer(dev, Options{})
+		c, fe := socketPair(t)
+		wait := serve(t, srv, c)
+		offered := ProtocolFeatures(fe.callU64(ReqGetProtocolFeatures, Empty{}))
+		if offered.Has(ProtocolConfig) != asks {
+			t.Errorf("device asks for CONFIG %t: offered %s", asks, offered)
+		}
+		fe.send(ReqSetProtocolFeatures, 0, U64(offered))
+		got := fe.call(ReqGetConfig, Config{Data: make([]byte, 6)})
+		if want := (Config{Data: dev.config[:6]}.Append(nil)); asks && !bytes.Equal(got, want) {
+			t.Errorf("GET_CONFIG with CONFIG: got %x, want %x", got, want)
+		}
+		if !asks && len(got) != 0 {
+			t.Errorf("GET_CONFIG without CONFIG: got %x, want an empty payload (failure)", got)
+		}
+		fe.close()
+		if err := wait(); err != nil {
+			t.Fatalf("ServeConn: %v", err)
+		}
+	}
 }
