@@ -34,7 +34,6 @@ type vhostUserGuest struct {
 	helper     *helperProc
 	helperArgs []string
 	ns         string
-	nic        harness.VhostUserNIC
 }
 
 // guestOptions vary the guest and the helper of startVhostUserGuest.
@@ -56,18 +55,22 @@ func startVhostUserGuest(t *testing.T, o guestOptions) *vhostUserGuest {
 	img := guest.Require(t)
 	queues := max(o.queues, 1)
 	g := &vhostUserGuest{ns: testutil.NetNS(t)}
-	g.nic = harness.VhostUserNIC{
+	nic := harness.VhostUserNIC{
 		Socket: filepath.Join(t.TempDir(), "vhost.sock"),
 		Queues: queues,
 		Server: o.server,
 	}
 	if o.reconnect {
-		g.nic.Reconnect = 1
+		nic.Reconnect = 1
 	}
-	g.helperArgs = []string{"vhost-user", "--socket", g.nic.Socket, "--netns", g.ns,
-		"--queues", strconv.Itoa(queues), "--log-level", "debug", "--tap", "vu%d"}
+	tap := "vu%d"
 	if o.persist {
-		g.helperArgs = append(g.helperArgs[:len(g.helperArgs)-1], "vu0", "--persist")
+		tap = "vu0"
+	}
+	g.helperArgs = []string{"vhost-user", "--socket", nic.Socket, "--netns", g.ns, "--tap", tap,
+		"--queues", strconv.Itoa(queues), "--log-level", "debug"}
+	if o.persist {
+		g.helperArgs = append(g.helperArgs, "--persist")
 	}
 	if o.server {
 		g.helperArgs = append(g.helperArgs, "--client")
@@ -84,7 +87,7 @@ func startVhostUserGuest(t *testing.T, o guestOptions) *vhostUserGuest {
 		Image:        img,
 		SharedMemory: true,
 		SMP:          queues,
-		Args:         g.nic.Args(),
+		Args:         nic.Args(),
 		KernelArgs:   []string{"vmnet.ip=" + guestAddr + "/24"},
 	})
 	return g
@@ -97,7 +100,7 @@ func (g *vhostUserGuest) run(t *testing.T, timeout time.Duration, script string)
 	defer cancel()
 	out, err := g.vm.RunOK(ctx, script)
 	if err != nil {
-		t.Fatalf("in the guest: %v\nhelper stderr (tail):\n%s", err, tailString(g.helper.Stderr(), 3000))
+		t.Fatalf("in the guest: %v\nhelper stderr (tail):\n%s", err, harness.Tail(g.helper.Stderr(), 3000))
 	}
 	return out
 }
@@ -319,13 +322,6 @@ func diffTotals(a, b harness.Stats) totals {
 
 func (d totals) txAvg() uint64 { return d.txBytes / max(d.tx, 1) }
 func (d totals) rxAvg() uint64 { return d.rxBytes / max(d.rx, 1) }
-
-func tailString(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
 
 // TestVhostUserReconnect runs a one-queue guest (queues=1) whose QEMU
 // connects again a second after its helper goes away (reconnect=1): the

@@ -87,7 +87,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 			return
 		}
 		if h != nil {
-			fmt.Fprintf(stderr, "--- vmnet-helper's last messages:\n%s\n", lastBytes(h.Stderr(), 3000))
+			fmt.Fprintf(stderr, "--- vmnet-helper's last messages:\n%s\n", harness.Tail(h.Stderr(), 3000))
 		}
 		if vm != nil {
 			fmt.Fprintf(stderr, "--- the guest's console and QEMU, last lines:\n%s\n", vm.LogTail(3000))
@@ -279,11 +279,4 @@ func report(w io.Writer, r results) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nvhost-user messages from QEMU: %s\n", r.stats.MessageList())
-}
-
-func lastBytes(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
 }

@@ -124,16 +124,6 @@ func (h *Helper) Stats() (Stats, error) {
 	}
 }
 
-// FinalStats parses the counters the helper printed as it exited.
-func (h *Helper) FinalStats() (Stats, error) {
-	select {
-	case <-h.done:
-	default:
-		return Stats{}, errors.New("vmnet-helper still runs: no final counters")
-	}
-	return ParseStats(h.Stderr())
-}
-
 // lockedBuffer is an io.Writer that readers may look at while it grows.
 type lockedBuffer struct {
 	mu sync.Mutex

@@ -33,7 +33,7 @@ func Run(ctx context.Context, ns, name string, args ...string) (string, error) {
 	cmd := Command(ctx, ns, name, args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(tail(string(out), 2000)))
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(Tail(string(out), 2000)))
 	}
 	return string(out), nil
 }

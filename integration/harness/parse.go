@@ -53,7 +53,7 @@ func ParseIperfJSON(out string) (Iperf, error) {
 	// carry a kernel line or two around it.
 	i, j := strings.Index(out, "{"), strings.LastIndex(out, "}")
 	if i < 0 || j < i {
-		return Iperf{}, fmt.Errorf("parse iperf3 output: no JSON in %q", tail(out, 500))
+		return Iperf{}, fmt.Errorf("parse iperf3 output: no JSON in %q", Tail(out, 500))
 	}
 	if err := json.Unmarshal([]byte(out[i:j+1]), &v); err != nil {
 		return Iperf{}, fmt.Errorf("parse iperf3 output: %w", err)
@@ -63,7 +63,7 @@ func ParseIperfJSON(out string) (Iperf, error) {
 	}
 	s, r := v.End.SumSent, v.End.SumReceived
 	if s.Seconds == 0 || r.Bytes == 0 {
-		return Iperf{}, fmt.Errorf("parse iperf3 output: no data moved: %s", tail(out, 500))
+		return Iperf{}, fmt.Errorf("parse iperf3 output: no data moved: %s", Tail(out, 500))
 	}
 	return Iperf{Seconds: s.Seconds, SentBytes: s.Bytes, SentBPS: s.BPS, RecvBytes: r.Bytes,
 		RecvBPS: r.BPS, Retransmits: s.Retransmits, Streams: v.Start.TestStart.NumStreams}, nil
@@ -84,7 +84,7 @@ var (
 func ParsePing(out string) (Ping, error) {
 	c := pingCounts.FindStringSubmatch(out)
 	if c == nil {
-		return Ping{}, fmt.Errorf("parse ping output: no packet counts in %q", tail(out, 500))
+		return Ping{}, fmt.Errorf("parse ping output: no packet counts in %q", Tail(out, 500))
 	}
 	var p Ping
 	p.Sent, _ = strconv.Atoi(c[1])
@@ -154,5 +154,5 @@ func ParseTestpmd(out string) (Testpmd, error) {
 		}
 		return Testpmd{RXPackets: v[0], RXDropped: v[1], TXPackets: v[2], TXDropped: v[3]}, nil
 	}
-	return Testpmd{}, fmt.Errorf("parse testpmd output: no forward statistics for port 0 in:\n%s", tail(out, 3000))
+	return Testpmd{}, fmt.Errorf("parse testpmd output: no forward statistics for port 0 in:\n%s", Tail(out, 3000))
 }

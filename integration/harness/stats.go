@@ -81,7 +81,7 @@ func (s Stats) MessageList() string {
 func ParseStats(s string) (Stats, error) {
 	end := strings.LastIndex(s, statsEnd)
 	if end < 0 {
-		return Stats{}, fmt.Errorf("parse helper counters: no %q line in:\n%s", statsEnd, tail(s, 2000))
+		return Stats{}, fmt.Errorf("parse helper counters: no %q line in:\n%s", statsEnd, Tail(s, 2000))
 	}
 	// The queue lines come before the sessions line, from queue 0 up; a
 	// log line of another goroutine may have come between them.
@@ -154,8 +154,8 @@ func parseKV(s string) (Counters, error) {
 	return c, nil
 }
 
-// tail is the last n bytes of s.
-func tail(s string, n int) string {
+// Tail is the last n bytes of s, marked as cut when it is.
+func Tail(s string, n int) string {
 	if len(s) > n {
 		return "..." + s[len(s)-n:]
 	}
