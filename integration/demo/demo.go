@@ -241,8 +241,12 @@ func iperf(ctx context.Context, vm *guest.VM, ns string, o options, reverse bool
 	if err != nil {
 		return harness.Iperf{}, err
 	}
+	parts := strings.Split(out, "__END__")
+	if len(parts) <= o.queues {
+		return harness.Iperf{}, fmt.Errorf("iperf3 in the guest: got %d results, want %d: %s", len(parts)-1, o.queues, harness.Tail(out, 1000))
+	}
 	var sum harness.Iperf
-	for _, part := range strings.Split(out, "__END__")[:o.queues] {
+	for _, part := range parts[:o.queues] {
 		r, err := harness.ParseIperfJSON(part)
 		if err != nil {
 			return harness.Iperf{}, err
