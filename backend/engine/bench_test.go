@@ -21,7 +21,7 @@ import (
 // the same run: each benchmark reports the engine's rate (Mpps, or Gbps
 // for 64 KB GSO frames), the raw loop's, and their ratio, which holds on a
 // noisy machine where the absolute numbers do not. The two alternate in
-// four phases each, and the raw loop reads into and writes from the same
+// eight phases each, and the raw loop reads into and writes from the same
 // guest buffers the engine uses, so that neither gets hotter caches or a
 // quieter machine. Only the engine's phases run with the timer on, so
 // allocs/op is the engine's (and the Go guest driver's, which allocates
@@ -256,7 +256,7 @@ func (bq *benchQP) stop(b *testing.B) Snapshot {
 
 // phases splits n frames into alternating raw and engine phases, so that
 // drift on the machine (frequency, other work) weighs on both alike.
-const phases = 4
+const phases = 8
 
 // measure runs n frames through raw and engine loops in alternating
 // phases and reports both rates and their ratio. Only the engine phases

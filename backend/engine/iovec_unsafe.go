@@ -56,3 +56,17 @@ func (io *iovecs) rw(trap uintptr, fd int) (int, error) {
 		return int(n), nil
 	}
 }
+
+// writeFd writes b to fd in one write(2). EINTR is retried.
+func writeFd(fd int, b []byte) (int, error) {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}

@@ -21,6 +21,7 @@ type txState struct {
 	chain   virtio.Chain
 	iov     iovecs
 	hdr     [virtio.HdrLenHash]byte // the header, read once
+	small   []byte                  // header and frame, for frames up to copyBreak
 	h       virtio.NetHdr           // hdr decoded
 	soft    softTX                  // the software fallbacks' scratch
 	pending bool                    // the ring may hold chains
@@ -32,6 +33,7 @@ func (t *txState) init(qp *QueuePair) {
 	t.qp = qp
 	t.q = qp.cfg.TX
 	t.iov.v = make([]unix.Iovec, 0, 64)
+	t.small = make([]byte, virtio.HdrLenHash+copyBreak)
 	t.soft.init(&qp.cfg)
 }
 
@@ -84,12 +86,7 @@ func (t *txState) process() bool {
 		var werr error
 		switch t.soft.caps.Fallback(&t.h) {
 		case offload.FallbackNone:
-			t.iov.reset()
-			if t.soft.caps.VnetHdr {
-				t.iov.addOne(t.hdr[:hdrLen])
-			}
-			t.iov.addAfter(t.chain.Readable, hdrLen)
-			_, werr = t.iov.writev(qp.tapFd)
+			_, werr = t.write(frameLen)
 		case offload.FallbackCsum:
 			if werr = t.writeCsum(frameLen); werr == nil {
 				softCsum++
@@ -152,6 +149,33 @@ func (t *txState) process() bool {
 		c.TXDropSoftware.Add(softDrop)
 	}
 	return pushed > 0
+}
+
+// copyBreak is the largest frame written from a copy: write(2) of one
+// buffer takes the kernel's single-segment path (ITER_UBUF) and costs
+// about 8% less per frame than writev(2) of the header copy and the
+// frame in guest memory, more than copying an MTU-sized frame costs.
+// Larger frames go from guest memory, without a copy.
+const copyBreak = 2048
+
+// write sends the frame of t.chain, behind the header copy if the TAP
+// takes one, as one write.
+func (t *txState) write(frameLen int) (int, error) {
+	hdrLen := t.qp.cfg.HdrLen
+	n := 0
+	if t.soft.caps.VnetHdr {
+		n = hdrLen
+	}
+	if frameLen <= copyBreak {
+		b := t.small[:n+frameLen]
+		copy(b, t.hdr[:n])
+		gatherFrom(b[n:], t.chain.Readable, hdrLen)
+		return writeFd(t.qp.tapFd, b)
+	}
+	t.iov.reset()
+	t.iov.addOne(t.hdr[:n])
+	t.iov.addAfter(t.chain.Readable, hdrLen)
+	return t.iov.writev(t.qp.tapFd)
 }
 
 func (t *txState) push(written uint32) {
