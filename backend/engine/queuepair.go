@@ -38,8 +38,10 @@ type Config struct {
 
 	// TAP is the queue's file: one frame per read or write, preceded by a
 	// vnet header of HdrLen bytes unless NoVnetHdr (a TAP queue file, or a
-	// SOCK_SEQPACKET socket in tests). The caller owns it and keeps it open until Stop
-	// returns.
+	// SOCK_SEQPACKET socket in tests). The caller owns it and keeps it open
+	// until Stop returns. New puts it in non-blocking mode (O_NONBLOCK,
+	// shared with every duplicate of the file) if it is not: the worker
+	// never waits in a read or write.
 	TAP *os.File
 
 	// HdrLen is the virtio-net header size the guest negotiated
@@ -147,8 +149,15 @@ func New(cfg Config) (*QueuePair, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new queue pair: TAP file: %w", err)
 	}
-	if err := rc.Control(func(fd uintptr) { tapFd = int(fd) }); err != nil {
+	var nbErr error
+	if err := rc.Control(func(fd uintptr) {
+		tapFd = int(fd)
+		nbErr = unix.SetNonblock(tapFd, true)
+	}); err != nil {
 		return nil, fmt.Errorf("new queue pair: TAP file: %w", err)
+	}
+	if nbErr != nil {
+		return nil, fmt.Errorf("new queue pair: make TAP file non-blocking: %w", nbErr)
 	}
 	qp := &QueuePair{
 		cfg:   cfg,
