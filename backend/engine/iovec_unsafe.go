@@ -36,12 +36,27 @@ func (io *iovecs) readv(fd int) (int, error) {
 	return io.rw(unix.SYS_READV, fd)
 }
 
+// read fills the first iovec from fd with read(2). EINTR is retried.
+func (io *iovecs) read(fd int) (int, error) {
+	v := io.v[0]
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(v.Base)), uintptr(v.Len))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}
+
 // writev sends the iovecs to fd as one frame. EINTR is retried.
 func (io *iovecs) writev(fd int) (int, error) {
 	return io.rw(unix.SYS_WRITEV, fd)
 }
 
-// rw and writeFd call the kernel without telling the Go scheduler
+// rw, read and writeFd call the kernel without telling the Go scheduler
 // (RawSyscall): the TAP file is non-blocking (New makes sure), so the call
 // never sleeps, and the scheduler's bookkeeping around a syscall
 // (entersyscall, exitsyscall) cost about 5% of a small frame's time.
