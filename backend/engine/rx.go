@@ -57,6 +57,24 @@ func (r *rxState) init(qp *QueuePair) {
 	r.spill = make([]byte, virtio.HdrLenHash+maxGSOFrame)
 }
 
+// at returns the i-th pending chain. The ring of pending chains wraps
+// with a compare, not a division: a packed ring's size need not be a power
+// of two, and a 64 KB frame in 4 KiB buffers walks 17 chains several times.
+func (r *rxState) at(i int) *virtio.Chain {
+	j := r.head + i
+	if j >= len(r.chains) {
+		j -= len(r.chains)
+	}
+	return &r.chains[j]
+}
+
+// advance drops the first pending chain from the ring.
+func (r *rxState) advance() {
+	if r.head++; r.head == len(r.chains) {
+		r.head = 0
+	}
+}
+
 // kicked handles an RX kick: the driver posted buffers.
 func (r *rxState) kicked() {
 	if r.starved {
@@ -96,7 +114,7 @@ func (r *rxState) process() bool {
 		if r.mrg {
 			r.iov.addAfter(r.chains[r.head].Writable, skip)
 			for i := 1; i < r.count; i++ {
-				r.iov.add(r.chains[(r.head+i)%len(r.chains)].Writable)
+				r.iov.add(r.at(i).Writable)
 			}
 		} else {
 			r.iov.addAfter(r.chains[r.head].Writable, skip)
@@ -195,7 +213,7 @@ func (r *rxState) fill() (ok bool, bad uint64) {
 			// them, however few bytes they add up to.
 			return true, bad
 		}
-		slot := &r.chains[(r.head+r.count)%len(r.chains)]
+		slot := r.at(r.count)
 		got, err := r.q.Pop(slot)
 		if err != nil {
 			if !errors.Is(err, virtio.ErrBadChain) {
@@ -236,7 +254,7 @@ func (r *rxState) deliver(n int) int {
 	if r.mrg {
 		left := uint64(n)
 		for used = 0; left > 0 && used < r.count; used++ {
-			left -= min(left, uint64(r.chains[(r.head+used)%len(r.chains)].WriteLen))
+			left -= min(left, uint64(r.at(used).WriteLen))
 		}
 	}
 	r.finishHeader(first, hdrLen)
@@ -258,7 +276,7 @@ func (r *rxState) deliver(n int) int {
 		left -= take
 		r.pushSlot(c, uint32(take))
 		r.capacity -= uint64(c.WriteLen)
-		r.head = (r.head + 1) % len(r.chains)
+		r.advance()
 		r.count--
 	}
 	return used
@@ -293,7 +311,7 @@ func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
 // its buffers come back empty.
 func (r *rxState) release() {
 	for r.count > 0 {
-		c := &r.chains[(r.head+r.count-1)%len(r.chains)]
+		c := r.at(r.count - 1)
 		if err := r.q.Unpop(c); err != nil {
 			// Cannot happen for chains popped in order; return the rest
 			// empty rather than lose them.
@@ -308,7 +326,7 @@ func (r *rxState) release() {
 	}
 	for r.count > 0 {
 		r.pushSlot(&r.chains[r.head], 0)
-		r.head = (r.head + 1) % len(r.chains)
+		r.advance()
 		r.count--
 	}
 	r.capacity = 0
