@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
-	"sync/atomic"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -340,7 +340,7 @@ func benchTX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 		}
 	}
 	// The raw loop writes the same frames from the same guest memory,
-	// one write per frame.
+	// one write(2) per frame, with RawSyscall as the engine does.
 	bufs := make([][]byte, size)
 	for id := range bufs {
 		bufs[id] = bq.tx.buffer(uint16(id), len(msg))
@@ -348,7 +348,7 @@ func benchTX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	i := 0
 	raw := func(n int) error {
 		for range n {
-			if _, err := unix.Write(bt.fd, bufs[i%len(bufs)]); err != nil {
+			if _, err := writeFd(bt.fd, bufs[i%len(bufs)]); err != nil {
 				return err
 			}
 			i++
@@ -360,54 +360,96 @@ func benchTX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	measure(b, c, b.N, raw, bq, bq.tx)
 }
 
-// benchSource sends frames out of the TAP from its namespace until stop.
-type benchSource struct {
-	stop atomic.Bool
-	wg   sync.WaitGroup
-	err  error
+// The RX benchmarks' frame source is another process: the test binary
+// run again, in the TAP's namespace, with sourceEnv set (see TestMain). A
+// goroutine of the benchmark's own would compete with the engine and the
+// Go guest driver for the scheduler's Ps (GOMAXPROCS is the number of
+// CPUs), which a real traffic source does not.
+const sourceEnv = "VMNET_BENCH_SOURCE"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(sourceEnv); spec != "" {
+		if err := runSource(spec); err != nil {
+			fmt.Fprintf(os.Stderr, "bench source: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }
 
-func startSource(b *testing.B, bt *benchTAP, h virtio.NetHdr, frame []byte) *benchSource {
-	var fd int
-	inNamespace(b, bt.ns, func() error {
-		ifi, err := net.InterfaceByName(bt.dev.Name())
-		if err != nil {
-			return err
+// runSource sends the benchmark frame of spec ("ifname,case") out of the
+// interface until it is killed, 64 frames per sendmmsg, bypassing the
+// qdisc.
+func runSource(spec string) error {
+	ifname, name, _ := strings.Cut(spec, ",")
+	var c benchCase
+	for _, bc := range benchCases {
+		if bc.name == name {
+			c = bc
 		}
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
-			return err
-		}
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
-			return err
-		}
-		if h.GSOType != virtio.GSONone {
-			if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
-				return err
-			}
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index})
-	})
+	}
+	if c.name == "" {
+		return fmt.Errorf("no benchmark case %q", name)
+	}
+	h, frame := benchFrame(c)
+	copy(frame, guestMAC)
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+		return err
+	}
 	msg := frame
 	if h.GSOType != virtio.GSONone {
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+			return err
+		}
 		// PACKET_VNET_HDR takes struct virtio_net_hdr, 10 bytes, native
 		// order.
 		msg = withHdr(h, virtio.HdrLenLegacy, frame)
 	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
+		return err
+	}
 	batch := newMmsgBatch(msg, 64)
-	s := &benchSource{}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer unix.Close(fd)
-		for !s.stop.Load() {
-			if _, err := batch.send(fd); err != nil && err != unix.ENOBUFS && err != unix.EAGAIN {
-				s.err = err
-				return
-			}
+	for {
+		if _, err := batch.send(fd); err != nil && err != unix.ENOBUFS && err != unix.EAGAIN && err != unix.EINTR {
+			return fmt.Errorf("sendmmsg: %w", err)
 		}
-	}()
-	b.Cleanup(func() { s.stop.Store(true); s.wg.Wait() })
-	return s
+	}
+}
+
+// startSource runs the frame source of case c for the sub-benchmark; it
+// is killed when the sub-benchmark ends. The returned check fails the
+// benchmark if the source died early.
+func startSource(b *testing.B, bt *benchTAP, c benchCase) (check func()) {
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", bt.ns, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), sourceEnv+"="+bt.dev.Name()+","+c.name, "GOMAXPROCS=1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	b.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	return func() {
+		select {
+		case <-exited:
+			b.Fatalf("frame source exited: %s", stderr.String())
+		default:
+		}
+	}
 }
 
 func BenchmarkTAPRX(b *testing.B) {
@@ -424,7 +466,7 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
 	var offloads backend.Offload
-	h, frame := benchFrame(c)
+	_, frame := benchFrame(c)
 	rxSlot, size := 2048, uint16(1024)
 	if c.gso {
 		features |= virtio.NetFGuestCsum | virtio.NetFGuestTSO4
@@ -435,7 +477,7 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 		b.Fatal(err)
 	}
 	copy(frame, guestMAC)
-	src := startSource(b, bt, h, frame)
+	checkSource := startSource(b, bt, c)
 	bq := newBenchQP(b, bt, features, 64, rxSlot, size, busy)
 	for range size {
 		if _, err := bq.rx.g.PostRX(rxSlot); err != nil {
@@ -444,8 +486,9 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	}
 
 	// The raw loop reads the same frames into the same guest memory (a
-	// frame bigger than one buffer into the buffers after it), one read
-	// per frame, and polls when there is none.
+	// frame bigger than one buffer into the buffers after it), one read(2)
+	// per frame with RawSyscall as the engine does, and polls when there
+	// is none.
 	want := virtio.HdrLenV1 + len(frame)
 	per := (want + rxSlot - 1) / rxSlot
 	var bufs [][]byte
@@ -456,7 +499,7 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	i := 0
 	raw := func(n int) error {
 		for got := 0; got < n; {
-			k, err := unix.Read(bt.fd, bufs[i%len(bufs)])
+			k, err := readFd(bt.fd, bufs[i%len(bufs)])
 			switch {
 			case err == unix.EAGAIN:
 				if _, err := unix.Poll(pfd, 1000); err != nil && err != unix.EINTR {
@@ -474,7 +517,5 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	b.ResetTimer()
 	b.StopTimer()
 	measure(b, c, b.N, raw, bq, bq.rx)
-	if src.err != nil {
-		b.Fatalf("source: %v", src.err)
-	}
+	checkSource()
 }
