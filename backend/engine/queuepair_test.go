@@ -149,8 +149,17 @@ func (r *rig) readPeer(wait time.Duration) []byte {
 	r.t.Helper()
 	buf := make([]byte, 70000)
 	fds := []unix.PollFd{{Fd: int32(r.peer), Events: unix.POLLIN}}
-	if n, err := unix.Poll(fds, int(wait/time.Millisecond)); err != nil || n == 0 {
-		return nil
+	deadline := time.Now().Add(wait)
+	for {
+		// A signal (the Go runtime preempts with SIGURG) ends poll early.
+		n, err := unix.Poll(fds, int(time.Until(deadline)/time.Millisecond))
+		if err == unix.EINTR && time.Now().Before(deadline) {
+			continue
+		}
+		if err != nil || n == 0 {
+			return nil
+		}
+		break
 	}
 	n, err := unix.Read(r.peer, buf)
 	if err != nil {
