@@ -261,6 +261,8 @@ func (qp *QueuePair) run(p *poller) error {
 	lastWork := time.Now()
 	busy := qp.cfg.BusyPoll
 	for {
+		polling := busy > 0 && time.Since(lastWork) < busy
+		tx.poll = polling
 		work := false
 		if tx.pending && !tx.broken {
 			if tx.process() {
@@ -294,10 +296,19 @@ func (qp *QueuePair) run(p *poller) error {
 			continue
 		}
 		timeout := -1
-		if busy > 0 && time.Since(lastWork) < busy {
+		if polling {
 			timeout = 0
 			// Poll the rings themselves, as vhost-net's busy poll does.
 			tx.pending, rx.tapReadable = true, true
+		} else if tx.quiet {
+			// Done polling: ask for kicks again, and look once more
+			// for a chain posted without one.
+			tx.quiet = false
+			if tx.q.EnableNotify() {
+				tx.q.DisableNotify()
+				tx.pending = true
+				continue
+			}
 		}
 		events, err := p.wait(timeout)
 		if err != nil {

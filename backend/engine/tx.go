@@ -25,6 +25,8 @@ type txState struct {
 	h       virtio.NetHdr           // hdr decoded
 	soft    softTX                  // the software fallbacks' scratch
 	pending bool                    // the ring may hold chains
+	poll    bool                    // the worker is busy polling
+	quiet   bool                    // kicks left off while polling
 	broken  bool                    // the ring is unusable until reset
 	logged  uint64                  // drops logged so far (rate limit)
 }
@@ -59,6 +61,15 @@ func (t *txState) process() bool {
 			continue
 		}
 		if !ok {
+			if t.poll || pushed > 0 && qp.cfg.BusyPoll > 0 {
+				// Busy polling, or about to (work was done): the
+				// worker looks again soon, so the driver need not
+				// kick; run asks for kicks before it sleeps
+				// (vhost_net_busy_poll).
+				t.quiet = true
+				t.pending = false
+				break
+			}
 			// Empty: ask for a kick, then look once more so a chain added
 			// in between is not left waiting for one.
 			if t.q.EnableNotify() {
