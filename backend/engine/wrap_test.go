@@ -30,20 +30,27 @@ func TestRingWraparound(t *testing.T) {
 		t.Run(fmt.Sprintf("packed=%v/event_idx=%v", tc.packed, tc.eventIdx), func(t *testing.T) {
 			r := newRig(t, rigOptions{packed: tc.packed, size: 256, features: virtio.FVersion1 | virtio.FEventIdx,
 				guest: virtiotest.Options{StartIdx: startIdx, EventIdx: tc.eventIdx}})
-			buf := make([]byte, 2048)
 			// One buffer per chain: the header, then a 64-byte frame
-			// whose bytes 14 to 18 number it.
+			// whose bytes 14 to 18 number it. The "kernel" end sends
+			// and receives them a batch per system call.
+			outs := make([][]byte, batch)
+			ins := make([][]byte, batch)
+			for i := range outs {
+				outs[i] = make([]byte, r.hdrLen+64)
+				ins[i] = make([]byte, 2048)
+			}
+			send, recv := newMmsgBufs(outs), newMmsgBufs(ins)
 			out := make([]byte, r.hdrLen+64)
 			msg := out[r.hdrLen:]
 			for seq := 0; seq < frames; seq += batch {
 				// Both ways at once: numbered frames from the "kernel"
 				// and buffers for them, numbered frames from the guest;
 				// then each side checks what it got, in order.
-				for i := seq; i < seq+batch; i++ {
-					binary.BigEndian.PutUint32(msg[14:], uint32(i))
-					if _, err := unix.Write(r.peer, out); err != nil {
-						t.Fatal(err)
-					}
+				for i := range outs {
+					binary.BigEndian.PutUint32(outs[i][r.hdrLen+14:], uint32(seq+i))
+				}
+				if n, err := send.send(r.peer); err != nil || n != batch {
+					t.Fatalf("send %d frames: sent %d, %v", batch, n, err)
 				}
 				r.postRX(batch, 2048)
 				for i := seq; i < seq+batch; i++ {
@@ -55,13 +62,23 @@ func TestRingWraparound(t *testing.T) {
 				if r.tx.Kick() {
 					r.txKick.Notify()
 				}
-				for i := seq; i < seq+batch; i++ {
-					n, err := readWait(r.peer, buf)
-					if err != nil {
+				for i := seq; i < seq+batch; {
+					if err := waitReadable(r.peer); err != nil {
 						t.Fatalf("TX frame %d: %v (counters %s)", i, err, r.qp.Counters().Snapshot())
 					}
-					if n != r.hdrLen+64 || binary.BigEndian.Uint32(buf[r.hdrLen+14:]) != uint32(i) {
-						t.Fatalf("TX frame %d: got %d bytes numbered %d", i, n, binary.BigEndian.Uint32(buf[r.hdrLen+14:]))
+					n, err := recv.recv(r.peer)
+					if err == unix.EAGAIN || err == unix.EINTR {
+						continue
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					for k := range min(n, seq+batch-i) {
+						b := ins[k][:recv.hdrs[k].Len]
+						if len(b) != r.hdrLen+64 || binary.BigEndian.Uint32(b[r.hdrLen+14:]) != uint32(i) {
+							t.Fatalf("TX frame %d: got %d bytes numbered %d", i, len(b), binary.BigEndian.Uint32(b[r.hdrLen+14:]))
+						}
+						i++
 					}
 				}
 				got := 0
@@ -108,18 +125,20 @@ func TestRingWraparound(t *testing.T) {
 	}
 }
 
-// readWait reads one message from fd, waiting up to 3 seconds for it.
-func readWait(fd int, buf []byte) (int, error) {
+// waitReadable waits up to 3 seconds for fd to be readable.
+func waitReadable(fd int) error {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(3 * time.Second)
 	for {
-		n, err := unix.Read(fd, buf)
-		if err != unix.EAGAIN {
-			return n, err
-		}
-		if k, err := unix.Poll(fds, 3000); err != nil && err != unix.EINTR {
-			return 0, err
-		} else if k == 0 {
-			return 0, fmt.Errorf("nothing within 3 s")
+		k, err := unix.Poll(fds, int(time.Until(deadline)/time.Millisecond))
+		switch {
+		case err == unix.EINTR && time.Now().Before(deadline):
+		case err != nil:
+			return err
+		case k == 0:
+			return fmt.Errorf("nothing within 3 s")
+		default:
+			return nil
 		}
 	}
 }
