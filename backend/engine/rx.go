@@ -44,6 +44,13 @@ func (r *rxState) init(qp *QueuePair) {
 	r.qp = qp
 	r.q = qp.cfg.RX
 	r.chains = make([]virtio.Chain, qp.cfg.RX.Size())
+	// Room for a few buffers per chain up front, so that the first pop
+	// into each slot does not allocate either (Pop reuses the slices).
+	const perChain = 4
+	bufs := make([][]byte, perChain*len(r.chains))
+	for i := range r.chains {
+		r.chains[i].Writable = bufs[perChain*i : perChain*i : perChain*(i+1)]
+	}
 	r.iov.v = make([]unix.Iovec, 0, 64)
 	f := qp.cfg.Features
 	r.mrg = f.Has(virtio.NetFMrgRxbuf)
