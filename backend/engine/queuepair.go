@@ -79,7 +79,11 @@ type Config struct {
 	Budget int
 
 	// BusyPoll keeps the worker polling the rings and the TAP for this
-	// long after its last work before it sleeps (like vhost-net's poll_us).
+	// long after its last work before it sleeps (like vhost-net's poll_us),
+	// and tells the driver not to kick meanwhile. It trades a CPU for
+	// latency: BenchmarkTAPLatency's round trip through the engine falls
+	// to about a third with 50 us; bulk throughput (BenchmarkTAPTX, RX)
+	// does not change beyond noise, the worker being busy anyway.
 	// 0 sleeps at once.
 	BusyPoll time.Duration
 
