@@ -347,8 +347,8 @@ func (qp *QueuePair) fail(err error) error {
 }
 
 // validateTX checks a TX header the guest wrote, already copied out of
-// guest memory, against the negotiated features.
-// The decoded header is left in h.
+// guest memory, against the negotiated features, and leaves it decoded in
+// h.
 func (qp *QueuePair) validateTX(h *virtio.NetHdr, hdr []byte, frameLen int) error {
 	if frameLen >= minFrame && allZero(hdr[:virtio.HdrLenLegacy]) {
 		// No offload and no hdr_len: nothing to check but the length,
