@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // Bridges and the link settings a TAP needs before a hypervisor gets its
@@ -28,29 +29,21 @@ type Bridge struct {
 // LookupBridge reports on the bridge name in network namespace netNS
 // (see Options.NetNS; "" for the caller's). A missing link and a link of
 // another kind are errors; the second matches ErrNotBridge.
-func LookupBridge(name, netNS string) (Bridge, error) {
-	if err := ValidateName(name, false); err != nil {
-		return Bridge{}, err
-	}
-	ns, err := openNetNS(netNS)
-	if err != nil {
-		return Bridge{}, err
-	}
-	defer ns.Close()
-	h, err := netlinkHandle(ns)
-	if err != nil {
-		return Bridge{}, fmt.Errorf("bridge %s: open netlink: %w", name, err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return Bridge{}, fmt.Errorf("bridge %s: RTM_GETLINK: %w", name, err)
-	}
-	if _, ok := l.(*netlink.Bridge); !ok {
-		return Bridge{}, fmt.Errorf("bridge %s: link type %s: %w", name, l.Type(), ErrNotBridge)
-	}
-	a := l.Attrs()
-	return Bridge{Name: a.Name, Index: a.Index, MTU: a.MTU, MAC: a.HardwareAddr, Up: a.Flags&net.FlagUp != 0}, nil
+func LookupBridge(name, netNS string) (br Bridge, err error) {
+	err = withNetNS(name, netNS, func(ns netns.NsHandle) error {
+		h, l, op, err := openLink(ns, name)
+		if err != nil {
+			return fmt.Errorf("bridge %s: %s: %w", name, op, err)
+		}
+		defer h.Close()
+		if _, ok := l.(*netlink.Bridge); !ok {
+			return fmt.Errorf("bridge %s: link type %s: %w", name, l.Type(), ErrNotBridge)
+		}
+		a := l.Attrs()
+		br = Bridge{Name: a.Name, Index: a.Index, MTU: a.MTU, MAC: a.HardwareAddr, Up: a.Flags&net.FlagUp != 0}
+		return nil
+	})
+	return br, err
 }
 
 // LinkConfig is what ConfigureLink sets on a TAP. The zero value changes
@@ -71,28 +64,20 @@ type LinkConfig struct {
 // netNS, in qemu-bridge-helper's order: MAC, MTU, bridge, up. It refuses
 // a link that is not a TUN/TAP device, and a Bridge that is not a bridge.
 func ConfigureLink(name, netNS string, c LinkConfig) error {
-	if err := ValidateName(name, false); err != nil {
-		return err
-	}
 	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65521) {
 		return &OpError{Device: name, Queue: -1, Op: "RTM_SETLINK mtu", Err: &OptionError{Option: "mtu", Value: c.MTU, Reason: "want 68 to 65521 (tun.c MAX_MTU)"}}
 	}
-	ns, err := openNetNS(netNS)
+	return withNetNS(name, netNS, func(ns netns.NsHandle) error { return configureLink(ns, name, c) })
+}
+
+func configureLink(ns netns.NsHandle, name string, c LinkConfig) error {
+	h, l, op, err := openLink(ns, name)
 	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	if _, err := lookup(ns, name); err != nil {
-		return err
-	}
-	h, err := netlinkHandle(ns)
-	if err != nil {
-		return &OpError{Device: name, Queue: -1, Op: "open netlink", Err: err}
+		return &OpError{Device: name, Queue: -1, Op: op, Err: err}
 	}
 	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: err}
+	if _, err := tuntap(name, l); err != nil {
+		return err
 	}
 	if c.MAC != nil {
 		if err := h.LinkSetHardwareAddr(l, c.MAC); err != nil {
@@ -126,24 +111,20 @@ func ConfigureLink(name, netNS string, c LinkConfig) error {
 
 // Master names the bridge (or other master) the link name is a port of in
 // netNS; "" when it has none.
-func Master(name, netNS string) (string, error) {
-	if err := ValidateName(name, false); err != nil {
-		return "", err
-	}
-	ns, err := openNetNS(netNS)
+func Master(name, netNS string) (master string, err error) {
+	err = withNetNS(name, netNS, func(ns netns.NsHandle) error {
+		master, err = masterOf(ns, name)
+		return err
+	})
+	return master, err
+}
+
+func masterOf(ns netns.NsHandle, name string) (string, error) {
+	h, l, op, err := openLink(ns, name)
 	if err != nil {
-		return "", err
-	}
-	defer ns.Close()
-	h, err := netlinkHandle(ns)
-	if err != nil {
-		return "", &OpError{Device: name, Queue: -1, Op: "open netlink", Err: err}
+		return "", &OpError{Device: name, Queue: -1, Op: op, Err: err}
 	}
 	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return "", &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: err}
-	}
 	idx := l.Attrs().MasterIndex
 	if idx == 0 {
 		return "", nil

@@ -37,31 +37,60 @@ var ErrNotTap = errors.New("not a TUN/TAP device")
 
 // Lookup reports on the TUN/TAP device name in network namespace netNS
 // (see Options.NetNS; "" for the caller's).
-func Lookup(name, netNS string) (Info, error) {
+func Lookup(name, netNS string) (info Info, err error) {
+	err = withNetNS(name, netNS, func(ns netns.NsHandle) error {
+		info, err = lookup(ns, name)
+		return err
+	})
+	return info, err
+}
+
+// withNetNS checks the interface name, opens network namespace netNS (see
+// Options.NetNS) and runs fn with it.
+func withNetNS(name, netNS string, fn func(netns.NsHandle) error) error {
 	if err := ValidateName(name, false); err != nil {
-		return Info{}, err
+		return err
 	}
 	ns, err := openNetNS(netNS)
 	if err != nil {
-		return Info{}, err
+		return err
 	}
 	defer ns.Close()
-	return lookup(ns, name)
+	return fn(ns)
+}
+
+// openLink opens a netlink socket in ns and finds the link name there. On
+// failure it says which step failed (op) and why; on success the caller
+// closes the handle.
+func openLink(ns netns.NsHandle, name string) (h *netlink.Handle, l netlink.Link, op string, err error) {
+	if h, err = netlinkHandle(ns); err != nil {
+		return nil, nil, "open netlink", err
+	}
+	if l, err = h.LinkByName(name); err != nil {
+		h.Close()
+		return nil, nil, "RTM_GETLINK", err
+	}
+	return h, l, "", nil
+}
+
+// tuntap is l as a TUN/TAP device, or an error matching ErrNotTap.
+func tuntap(name string, l netlink.Link) (*netlink.Tuntap, error) {
+	t, ok := l.(*netlink.Tuntap)
+	if !ok {
+		return nil, &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: fmt.Errorf("link type %s: %w", l.Type(), ErrNotTap)}
+	}
+	return t, nil
 }
 
 func lookup(ns netns.NsHandle, name string) (Info, error) {
-	h, err := netlinkHandle(ns)
+	h, link, op, err := openLink(ns, name)
 	if err != nil {
-		return Info{}, &OpError{Device: name, Queue: -1, Op: "open netlink", Err: err}
+		return Info{}, &OpError{Device: name, Queue: -1, Op: op, Err: err}
 	}
 	defer h.Close()
-	link, err := h.LinkByName(name)
+	t, err := tuntap(name, link)
 	if err != nil {
-		return Info{}, &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: err}
-	}
-	t, ok := link.(*netlink.Tuntap)
-	if !ok {
-		return Info{}, &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: fmt.Errorf("link type %s: %w", link.Type(), ErrNotTap)}
+		return Info{}, err
 	}
 	a := t.Attrs()
 	info := Info{
@@ -100,30 +129,28 @@ func idOrUnset(v uint32) int {
 // Delete removes the TUN/TAP device name from network namespace netNS,
 // persistent or not. It refuses to touch a link of any other kind.
 func Delete(name, netNS string) error {
-	if err := ValidateName(name, false); err != nil {
-		return err
-	}
-	ns, err := openNetNS(netNS)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	if _, err := lookup(ns, name); err != nil {
-		return err
-	}
-	return withLink(ns, name, "RTM_DELLINK", func(h *netlink.Handle, l netlink.Link) error { return h.LinkDel(l) })
+	return withNetNS(name, netNS, func(ns netns.NsHandle) error {
+		h, l, op, err := openLink(ns, name)
+		if err != nil {
+			return &OpError{Device: name, Queue: -1, Op: op, Err: err}
+		}
+		defer h.Close()
+		if _, err := tuntap(name, l); err != nil {
+			return err
+		}
+		if err := h.LinkDel(l); err != nil {
+			return &OpError{Device: name, Queue: -1, Op: "RTM_DELLINK", Err: err}
+		}
+		return nil
+	})
 }
 
 func withLink(ns netns.NsHandle, name, op string, fn func(*netlink.Handle, netlink.Link) error) error {
-	h, err := netlinkHandle(ns)
+	h, l, lop, err := openLink(ns, name)
 	if err != nil {
-		return &OpError{Device: name, Queue: -1, Op: "open netlink", Err: err}
+		return &OpError{Device: name, Queue: -1, Op: lop, Err: err}
 	}
 	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return &OpError{Device: name, Queue: -1, Op: "RTM_GETLINK", Err: err}
-	}
 	if err := fn(h, l); err != nil {
 		return &OpError{Device: name, Queue: -1, Op: op, Err: err}
 	}
