@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -366,4 +367,50 @@ func (qp *QueuePair) validateTX(h *virtio.NetHdr, hdr []byte, frameLen int) erro
 // allZero reports whether the 10 bytes of struct virtio_net_hdr are zero.
 func allZero(b []byte) bool {
 	return binary.LittleEndian.Uint64(b) == 0 && binary.LittleEndian.Uint16(b[8:]) == 0
+}
+
+// publish returns the chains pushed to q to the driver with one index
+// store, and interrupts the driver if it asked to be (virtio 1.2 §2.7.10,
+// §2.8.10).
+func (qp *QueuePair) publish(q virtio.Queue, call Notifier, interrupts *atomic.Uint64, dir string) {
+	q.Flush()
+	if q.NeedsInterrupt() {
+		if err := call.Notify(); err != nil {
+			qp.log.Warn(dir+" interrupt failed", "error", err)
+		}
+		interrupts.Add(1)
+	}
+}
+
+// add adds v to c unless it is zero: a batch's counters cost an atomic
+// only when something happened.
+func add(c *atomic.Uint64, v uint64) {
+	if v != 0 {
+		c.Add(v)
+	}
+}
+
+// dropLog rate-limits the log lines of dropped frames: the first eight,
+// then every 1024th, at debug level. The drops themselves are counted.
+type dropLog struct {
+	log hclog.Logger
+	n   uint64
+}
+
+// next counts a drop and reports whether to log it, so that a caller can
+// skip building the error of a drop nobody will see.
+func (d *dropLog) next() bool {
+	d.n++
+	return (d.n <= 8 || d.n%1024 == 0) && d.log.IsDebug()
+}
+
+func (d *dropLog) emit(what string, err error) {
+	d.log.Debug(what, "error", err, "drops", d.n)
+}
+
+// drop counts a drop and logs it if next says so.
+func (d *dropLog) drop(what string, err error) {
+	if d.next() {
+		d.emit(what, err)
+	}
 }

@@ -33,7 +33,7 @@ type rxState struct {
 	starved     bool // waiting for the driver to post buffers (kick armed)
 	broken      bool
 	gone        bool // the TAP file will never read again
-	logged      uint64
+	drops       dropLog
 }
 
 // maxGSOFrame is the largest frame a GSO skb can be: 64 KiB of IP packet
@@ -42,6 +42,7 @@ const maxGSOFrame = 65535 + 14 + 4
 
 func (r *rxState) init(qp *QueuePair) {
 	r.qp = qp
+	r.drops.log = qp.log
 	r.q = qp.cfg.RX
 	r.chains = make([]virtio.Chain, qp.cfg.RX.Size())
 	// Room for a few buffers per chain up front, so that the first pop
@@ -160,7 +161,7 @@ func (r *rxState) process() bool {
 		}
 		if err != nil {
 			kernel++
-			r.logDrop("TAP read failed", err)
+			r.drops.drop("TAP read failed", err)
 			continue
 		}
 		n += skip
@@ -172,7 +173,7 @@ func (r *rxState) process() bool {
 			// Too big for the guest's buffers: drop it and keep the
 			// chains for the next frame.
 			truncated++
-			r.logDrop("frame larger than the guest's receive buffers", nil)
+			r.drops.drop("frame larger than the guest's receive buffers", nil)
 			continue
 		}
 		pushed += r.deliver(n)
@@ -180,13 +181,7 @@ func (r *rxState) process() bool {
 		bytes += uint64(n - hdrLen)
 	}
 	if pushed > 0 {
-		r.q.Flush()
-		if r.q.NeedsInterrupt() {
-			if err := qp.cfg.RXCall.Notify(); err != nil {
-				qp.log.Warn("RX interrupt failed", "error", err)
-			}
-			qp.ctr.RXInterrupts.Add(1)
-		}
+		qp.publish(r.q, qp.cfg.RXCall, &qp.ctr.RXInterrupts, "RX")
 	}
 	c := qp.ctr
 	if packets > 0 {
@@ -194,15 +189,9 @@ func (r *rxState) process() bool {
 		c.RXBytes.Add(bytes)
 		c.RXBatches.Add(1)
 	}
-	if truncated > 0 {
-		c.RXDropTruncated.Add(truncated)
-	}
-	if kernel > 0 {
-		c.RXDropKernel.Add(kernel)
-	}
-	if badDesc > 0 {
-		c.RXDropBadDescriptor.Add(badDesc)
-	}
+	add(&c.RXDropTruncated, truncated)
+	add(&c.RXDropKernel, kernel)
+	add(&c.RXDropBadDescriptor, badDesc)
 	return packets+truncated+badDesc > 0
 }
 
@@ -227,7 +216,7 @@ func (r *rxState) fill() (ok bool, bad uint64) {
 				r.breakRing(err)
 				return false, bad
 			}
-			r.logDrop("malformed RX chain", err)
+			r.drops.drop("malformed RX chain", err)
 			r.pushSlot(slot, 0)
 			bad++
 			continue
@@ -242,7 +231,7 @@ func (r *rxState) fill() (ok bool, bad uint64) {
 		if uint64(slot.WriteLen) < hdrLen {
 			// No room for even the header: virtio 1.2 §5.1.6.3.1 wants
 			// every receive buffer to hold at least the header.
-			r.logDrop("RX chain smaller than the header", nil)
+			r.drops.drop("RX chain smaller than the header", nil)
 			r.pushSlot(slot, 0)
 			bad++
 			continue
@@ -337,10 +326,7 @@ func (r *rxState) release() {
 		r.count--
 	}
 	r.capacity = 0
-	r.q.Flush()
-	if r.q.NeedsInterrupt() {
-		r.qp.cfg.RXCall.Notify()
-	}
+	r.qp.publish(r.q, r.qp.cfg.RXCall, &r.qp.ctr.RXInterrupts, "RX")
 }
 
 func (r *rxState) pushSlot(c *virtio.Chain, written uint32) {
@@ -353,15 +339,6 @@ func (r *rxState) breakRing(err error) {
 	r.broken = true
 	r.qp.ctr.BrokenRings.Add(1)
 	r.qp.log.Error("RX ring unusable until the device is reset", "error", err)
-}
-
-func (r *rxState) logDrop(what string, err error) {
-	r.logged++
-	if r.logged <= 8 || r.logged%1024 == 0 {
-		if r.qp.log.IsDebug() {
-			r.qp.log.Debug(what, "error", err, "drops", r.logged)
-		}
-	}
 }
 
 // scatterPut writes src at byte offset off of the buffers bufs.

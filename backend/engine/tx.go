@@ -28,11 +28,12 @@ type txState struct {
 	poll    bool                    // the worker is busy polling
 	quiet   bool                    // kicks left off while polling
 	broken  bool                    // the ring is unusable until reset
-	logged  uint64                  // drops logged so far (rate limit)
+	drops   dropLog
 }
 
 func (t *txState) init(qp *QueuePair) {
 	t.qp = qp
+	t.drops.log = qp.log
 	t.q = qp.cfg.TX
 	t.iov.v = make([]unix.Iovec, 0, 64)
 	t.small = make([]byte, virtio.HdrLenHash+copyBreak)
@@ -55,7 +56,7 @@ func (t *txState) process() bool {
 				break
 			}
 			badDesc++
-			t.logDrop("malformed TX chain", err)
+			t.drops.drop("malformed TX chain", err)
 			t.push(0)
 			pushed++
 			continue
@@ -83,14 +84,16 @@ func (t *txState) process() bool {
 		frameLen := int(t.chain.ReadLen) - hdrLen
 		if frameLen < minFrame {
 			badHdr++
-			t.logDrop("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", t.chain.ReadLen, hdrLen))
+			if t.drops.next() {
+				t.drops.emit("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", t.chain.ReadLen, hdrLen))
+			}
 			t.push(0)
 			continue
 		}
 		gather(t.hdr[:hdrLen], t.chain.Readable)
 		if err := qp.validateTX(&t.h, t.hdr[:hdrLen], frameLen); err != nil {
 			badHdr++
-			t.logDrop("bad TX header", err)
+			t.drops.drop("bad TX header", err)
 			t.push(0)
 			continue
 		}
@@ -116,21 +119,15 @@ func (t *txState) process() bool {
 			bytes += uint64(frameLen)
 		case isErrno(werr):
 			kernel++
-			t.logDrop("TAP refused TX frame", werr)
+			t.drops.drop("TAP refused TX frame", werr)
 		default:
 			softDrop++
-			t.logDrop("TX software offload failed", werr)
+			t.drops.drop("TX software offload failed", werr)
 		}
 		t.push(0)
 	}
 	if pushed > 0 {
-		t.q.Flush()
-		if t.q.NeedsInterrupt() {
-			if err := qp.cfg.TXCall.Notify(); err != nil {
-				qp.log.Warn("TX interrupt failed", "error", err)
-			}
-			qp.ctr.TXInterrupts.Add(1)
-		}
+		qp.publish(t.q, qp.cfg.TXCall, &qp.ctr.TXInterrupts, "TX")
 	}
 	c := qp.ctr
 	if packets > 0 {
@@ -138,27 +135,13 @@ func (t *txState) process() bool {
 		c.TXBytes.Add(bytes)
 		c.TXBatches.Add(1)
 	}
-	if badHdr > 0 {
-		c.TXDropBadHeader.Add(badHdr)
-	}
-	if badDesc > 0 {
-		c.TXDropBadDescriptor.Add(badDesc)
-	}
-	if kernel > 0 {
-		c.TXDropKernel.Add(kernel)
-	}
-	if softCsum > 0 {
-		c.TXSoftCsum.Add(softCsum)
-	}
-	if softGSO > 0 {
-		c.TXSoftGSO.Add(softGSO)
-	}
-	if softSegs > 0 {
-		c.TXSoftSegments.Add(softSegs)
-	}
-	if softDrop > 0 {
-		c.TXDropSoftware.Add(softDrop)
-	}
+	add(&c.TXDropBadHeader, badHdr)
+	add(&c.TXDropBadDescriptor, badDesc)
+	add(&c.TXDropKernel, kernel)
+	add(&c.TXSoftCsum, softCsum)
+	add(&c.TXSoftGSO, softGSO)
+	add(&c.TXSoftSegments, softSegs)
+	add(&c.TXDropSoftware, softDrop)
 	return pushed > 0
 }
 
@@ -201,16 +184,6 @@ func (t *txState) breakRing(err error) {
 	t.pending = false
 	t.qp.ctr.BrokenRings.Add(1)
 	t.qp.log.Error("TX ring unusable until the device is reset", "error", err)
-}
-
-// logDrop logs the first drops and then every 1024th, at debug level.
-func (t *txState) logDrop(what string, err error) {
-	t.logged++
-	if t.logged <= 8 || t.logged%1024 == 0 {
-		if t.qp.log.IsDebug() {
-			t.qp.log.Debug(what, "error", err, "drops", t.logged)
-		}
-	}
 }
 
 // isErrno tells a write the kernel refused from a frame the fallbacks
