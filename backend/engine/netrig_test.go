@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
@@ -233,7 +232,7 @@ func (nr *netRig) start(features virtio.Features) {
 func openNoVnetHdr(t *testing.T, ns, name string) *os.File {
 	t.Helper()
 	var fd int
-	inNamespace(t, ns, func() error {
+	testutil.InNetNS(t, ns, func() error {
 		var err error
 		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
 			return err
@@ -250,19 +249,6 @@ func openNoVnetHdr(t *testing.T, ns, name string) *os.File {
 		return nil
 	})
 	return os.NewFile(uintptr(fd), "tap "+name)
-}
-
-// inNamespace runs fn in network namespace ns, failing the test on error.
-func inNamespace(t testing.TB, ns string, fn func() error) {
-	t.Helper()
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if err := inNS(h, fn); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // flow4 and flow6 are the guest's side of a conversation with the peer.
@@ -437,7 +423,7 @@ func checkRX(f rxFrame, acked virtio.Features, mtu int) (*packet, error) {
 func listenTCP(t *testing.T, ns, network, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
-	inNamespace(t, ns, func() error {
+	testutil.InNetNS(t, ns, func() error {
 		var err error
 		l, err = net.Listen(network, addr)
 		return err
@@ -449,7 +435,7 @@ func listenTCP(t *testing.T, ns, network, addr string) net.Listener {
 func listenUDP(t *testing.T, ns, network, addr string) *net.UDPConn {
 	t.Helper()
 	var c *net.UDPConn
-	inNamespace(t, ns, func() error {
+	testutil.InNetNS(t, ns, func() error {
 		a, err := net.ResolveUDPAddr(network, addr)
 		if err != nil {
 			return err
@@ -496,7 +482,7 @@ type capture struct {
 func newCapture(t *testing.T, ns, ifname string) *capture {
 	t.Helper()
 	var fd int
-	inNamespace(t, ns, func() error {
+	testutil.InNetNS(t, ns, func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return err

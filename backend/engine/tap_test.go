@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -75,20 +74,12 @@ func newTapRig(t *testing.T, features virtio.Features, rxSlot int, mtu int) *tap
 // udpSocket opens a UDP socket bound to port inside the rig's namespace.
 func (tr *tapRig) udpSocket(port int) *net.UDPConn {
 	tr.t.Helper()
-	h, err := netns.GetFromName(tr.ns)
-	if err != nil {
-		tr.t.Fatal(err)
-	}
-	defer h.Close()
 	var c *net.UDPConn
-	err = inNS(h, func() error {
+	testutil.InNetNS(tr.t, tr.ns, func() error {
 		var err error
 		c, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
 		return err
 	})
-	if err != nil {
-		tr.t.Fatal(err)
-	}
 	tr.t.Cleanup(func() { c.Close() })
 	return c
 }

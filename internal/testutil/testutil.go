@@ -118,3 +118,34 @@ func OpenFds(t testing.TB) int {
 
 // Sleep pauses for ms milliseconds; polling loops use it between looks.
 func Sleep(ms int) { time.Sleep(time.Duration(ms) * time.Millisecond) }
+
+// InNetNS runs fn on a thread inside network namespace ns (sockets made
+// there stay in it), failing the test on error.
+func InNetNS(t testing.TB, ns string, fn func() error) {
+	t.Helper()
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatalf("open network namespace %s: %v", ns, err)
+	}
+	defer h.Close()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("read current network namespace: %v", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(h); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("enter network namespace %s: %v", ns, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Left locked: the runtime retires the thread with the goroutine.
+		t.Fatalf("return from network namespace %s: %v", ns, err)
+	}
+	runtime.UnlockOSThread()
+	if ferr != nil {
+		t.Fatalf("in network namespace %s: %v", ns, ferr)
+	}
+}
