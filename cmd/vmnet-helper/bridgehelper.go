@@ -48,13 +48,7 @@ func runBridgeHelper(ctx context.Context, args []string, stdout, stderr io.Write
 	sockFd := fs.Int("fd", -1, "the unix socket to send the TAP's descriptor on")
 	bridge := fs.String("br", "", "the bridge to attach the TAP to")
 	aclFlag := fs.String("acl", "", "access list (default "+defaultACL+"; refused when setuid)")
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("bridge-helper: unexpected argument %q", fs.Arg(0))
-	}
-	log, err := lf.logger(stderr)
+	log, err := parseCommand(fs, args, stderr, &lf)
 	if err != nil {
 		return err
 	}

@@ -136,6 +136,18 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	return nil
 }
 
+// parseCommand parses the flags of a command that takes no arguments and
+// returns the logger its --log-level and --log-format ask for.
+func parseCommand(fs *flag.FlagSet, args []string, stderr io.Writer, lf *logFlags) (hclog.Logger, error) {
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return lf.logger(stderr)
+}
+
 func newFlagSet(name string) *flag.FlagSet {
 	return flag.NewFlagSet(name, flag.ContinueOnError)
 }

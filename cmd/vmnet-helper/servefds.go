@@ -46,13 +46,7 @@ func runServeFds(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	mode := fs.String("socket-mode", "0660", "permissions of the socket, octal")
 	fs.IntVar(&c.maxQueues, "max-queues", 16, "most queues one request may ask for (1 to 253)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long one client may take")
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("serve-fds: unexpected argument %q", fs.Arg(0))
-	}
-	log, err := lf.logger(stderr)
+	log, err := parseCommand(fs, args, stderr, &lf)
 	if err != nil {
 		return err
 	}

@@ -49,13 +49,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&opts.NetNS, "netns", "", "network namespace (name under /run/netns or path) to create the device in")
 	fs.IntVar(&opts.VnetHdrSize, "vnet-hdr", backend.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
 	fs.BoolVar(&opts.NoNAPI, "no-napi", false, "do not use IFF_NAPI even when the kernel offers it")
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("tap create: unexpected argument %q", fs.Arg(0))
-	}
-	log, err := lf.logger(stderr)
+	log, err := parseCommand(fs, args, stderr, &lf)
 	if err != nil {
 		return err
 	}

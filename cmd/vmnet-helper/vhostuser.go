@@ -58,17 +58,11 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
 	f.log.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
+	logger, err := parseCommand(fs, args, stderr, &f.log)
+	if err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, usagef("vhost-user: unexpected argument %q", fs.Arg(0))
-	}
-	c := &vhostUserConfig{vhostUserFlags: f}
-	var err error
-	if c.logger, err = f.log.logger(stderr); err != nil {
-		return nil, err
-	}
+	c := &vhostUserConfig{vhostUserFlags: f, logger: logger}
 	switch {
 	case f.socket == "":
 		return nil, usagef("vhost-user: --socket is required")
