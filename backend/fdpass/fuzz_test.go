@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
 // FuzzParseRequest: no panic; every error matches ErrMalformed; an
@@ -110,7 +112,7 @@ func FuzzServeConn(f *testing.F) {
 			msg = msg[:2*MaxMessage]
 		}
 		a, b := socketPair(t)
-		before := openFds(t)
+		before := testutil.OpenFds(t)
 		files := makePipes(int(nfiles % 8))
 		err := Send(a, msg, files)
 		for _, f := range files {
@@ -151,7 +153,7 @@ func FuzzServeConn(f *testing.F) {
 		}
 		a.Close()
 		b.Close()
-		if after := openFds(t); after != before-2 {
+		if after := testutil.OpenFds(t); after != before-2 {
 			t.Fatalf("%q: open fds: got %d after, want %d", msg, after, before-2)
 		}
 	})

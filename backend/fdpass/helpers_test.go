@@ -29,16 +29,6 @@ func socketPair(t testing.TB) (a, b *net.UnixConn) {
 	return conn(fds[0]), conn(fds[1])
 }
 
-// openFds counts this process's open descriptors.
-func openFds(t testing.TB) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatalf("list /proc/self/fd: %v", err)
-	}
-	return len(ents) - 1
-}
-
 // pipes returns n files (read ends of pipes whose write ends are closed),
 // closed when the test ends unless the caller closes them first.
 func pipes(t testing.TB, n int) []*os.File {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,7 +58,7 @@ func TestRecvRefusesAndClosesExtraFiles(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := socketPair(t)
 			files := pipes(t, tc.send)
-			before := openFds(t)
+			before := testutil.OpenFds(t)
 			if err := Send(a, []byte("x"), files); err != nil {
 				t.Fatal(err)
 			}
@@ -68,7 +69,7 @@ func TestRecvRefusesAndClosesExtraFiles(t *testing.T) {
 			if got != nil {
 				t.Errorf("got %d files with the error, want none", len(got))
 			}
-			if after := openFds(t); after != before {
+			if after := testutil.OpenFds(t); after != before {
 				t.Errorf("open fds: got %d after the refused message, want %d as before", after, before)
 			}
 		})
@@ -78,14 +79,14 @@ func TestRecvRefusesAndClosesExtraFiles(t *testing.T) {
 func TestRecvLongMessage(t *testing.T) {
 	a, b := socketPair(t)
 	files := pipes(t, 2)
-	before := openFds(t)
+	before := testutil.OpenFds(t)
 	if err := Send(a, make([]byte, 100), files); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := Recv(b, make([]byte, 10), 2); !errors.Is(err, ErrTruncated) {
 		t.Errorf("got %v, want ErrTruncated for a 100-byte message in a 10-byte buffer", err)
 	}
-	if after := openFds(t); after != before {
+	if after := testutil.OpenFds(t); after != before {
 		t.Errorf("open fds: got %d, want %d", after, before)
 	}
 }

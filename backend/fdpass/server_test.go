@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
 // fakeHandler grants pipes instead of TAP queues, refuses the name
@@ -94,7 +96,7 @@ func TestGetGrantAndRefusal(t *testing.T) {
 	}
 	tap.Close()
 
-	before := openFds(t)
+	before := testutil.OpenFds(t)
 	_, err = Get(ctx, path, Request{Name: "denied", Queues: 2})
 	var re *RefusedError
 	if !errors.As(err, &re) || !errors.Is(err, ErrRefused) {
@@ -114,7 +116,7 @@ func TestGetGrantAndRefusal(t *testing.T) {
 func TestServeRefusesMalformedAndFiles(t *testing.T) {
 	var calls atomic.Int32
 	path := startServer(t, fakeHandler(t, &calls), ServerOptions{})
-	before := openFds(t)
+	before := testutil.OpenFds(t)
 	for _, tc := range []struct {
 		name  string
 		msg   string
@@ -194,7 +196,7 @@ func TestGetCreateCloseLoopLeaksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	tap.Close()
-	before := openFds(t)
+	before := testutil.OpenFds(t)
 	for i := 0; i < 50; i++ {
 		tap, err := Get(ctx, path, Request{Name: "vm%d", Queues: 8})
 		if err != nil {
@@ -211,7 +213,7 @@ func waitFds(t *testing.T, want int) {
 	t.Helper()
 	var got int
 	for i := 0; i < 100; i++ {
-		if got = openFds(t); got == want {
+		if got = testutil.OpenFds(t); got == want {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -6,28 +6,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
-// InCI reports whether the CI environment variable says this is a CI run,
-// where a test that cannot run must fail rather than skip.
-func InCI() bool {
-	ci, _ := strconv.ParseBool(os.Getenv("CI"))
-	return ci
-}
+// InCI reports whether this is a CI run (CI=true), where a test that
+// cannot run must fail rather than skip.
+func InCI() bool { return testutil.InCI() }
 
 // Skip skips the test with a loud reason, or fails it when InCI: in CI a
 // skipped guest test would pass without proving anything.
 func Skip(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if InCI() {
-		t.Fatalf("CI=true, so failing instead of skipping: %s", msg)
-	}
-	t.Skipf("SKIPPED, real-guest test did not run: %s (run .ci/install-deps)", msg)
+	testutil.Skip(t, "real-guest test did not run: %s (run .ci/install-deps)", fmt.Sprintf(format, args...))
 }
 
 // Require returns the default guest image, building it on first use, or

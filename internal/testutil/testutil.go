@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,7 +19,10 @@ import (
 
 // InCI reports whether the tests run under CI (CI=true), where a skip for
 // a missing privilege or device hides a regression and so fails instead.
-func InCI() bool { return os.Getenv("CI") == "true" }
+func InCI() bool {
+	ci, _ := strconv.ParseBool(os.Getenv("CI"))
+	return ci
+}
 
 // Skip skips the test with a loud reason, or fails it under CI.
 func Skip(t testing.TB, format string, args ...any) {
