@@ -96,7 +96,7 @@ func TestGetGrantAndRefusal(t *testing.T) {
 	}
 	tap.Close()
 
-	before := testutil.OpenFds(t)
+	before := testutil.SettledFds(t)
 	_, err = Get(ctx, path, Request{Name: "denied", Queues: 2})
 	var re *RefusedError
 	if !errors.As(err, &re) || !errors.Is(err, ErrRefused) {
@@ -110,13 +110,13 @@ func TestGetGrantAndRefusal(t *testing.T) {
 	if !errors.As(err, &re) || !strings.Contains(re.Reason, "internal error") {
 		t.Errorf("bad grant: got %v, want a refusal saying internal error", err)
 	}
-	waitFds(t, before)
+	testutil.WaitFds(t, before)
 }
 
 func TestServeRefusesMalformedAndFiles(t *testing.T) {
 	var calls atomic.Int32
 	path := startServer(t, fakeHandler(t, &calls), ServerOptions{})
-	before := testutil.OpenFds(t)
+	before := testutil.SettledFds(t)
 	for _, tc := range []struct {
 		name  string
 		msg   string
@@ -160,7 +160,7 @@ func TestServeRefusesMalformedAndFiles(t *testing.T) {
 	if n := calls.Load(); n != 0 {
 		t.Errorf("handler called %d times for malformed requests, want 0", n)
 	}
-	waitFds(t, before)
+	testutil.WaitFds(t, before)
 }
 
 func TestServeTimesOutSilentClient(t *testing.T) {
@@ -196,7 +196,7 @@ func TestGetCreateCloseLoopLeaksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	tap.Close()
-	before := testutil.OpenFds(t)
+	before := testutil.SettledFds(t)
 	for i := 0; i < 50; i++ {
 		tap, err := Get(ctx, path, Request{Name: "vm%d", Queues: 8})
 		if err != nil {
@@ -204,19 +204,5 @@ func TestGetCreateCloseLoopLeaksNothing(t *testing.T) {
 		}
 		tap.Close()
 	}
-	waitFds(t, before)
-}
-
-// waitFds waits for the server goroutines to close their ends, then
-// checks the count.
-func waitFds(t *testing.T, want int) {
-	t.Helper()
-	var got int
-	for i := 0; i < 100; i++ {
-		if got = testutil.OpenFds(t); got == want {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Errorf("open fds: got %d, want %d as before", got, want)
+	testutil.WaitFds(t, before)
 }

@@ -120,6 +120,40 @@ func OpenFds(t testing.TB) int {
 	return len(ents) - 1
 }
 
+// SettledFds counts this process's open file descriptors once the count
+// has stopped changing (three equal looks 20 ms apart, at most 2 s):
+// goroutines of an earlier test or round trip may still be closing theirs.
+// It is the baseline for WaitFds.
+func SettledFds(t testing.TB) int {
+	t.Helper()
+	n, same := OpenFds(t), 0
+	for i := 0; i < 100 && same < 2; i++ {
+		Sleep(20)
+		if m := OpenFds(t); m == n {
+			same++
+		} else {
+			n, same = m, 0
+		}
+	}
+	return n
+}
+
+// WaitFds waits up to 2 s for the open descriptors to fall to at most
+// before (a SettledFds count) and fails the test if they do not: a leak
+// keeps them above it. Fewer is no leak: something open at the baseline
+// closed meanwhile.
+func WaitFds(t testing.TB, before int) {
+	t.Helper()
+	var got int
+	for i := 0; i < 100; i++ {
+		if got = OpenFds(t); got <= before {
+			return
+		}
+		Sleep(20)
+	}
+	t.Errorf("open fds: got %d, want at most %d as before", got, before)
+}
+
 // Sleep pauses for ms milliseconds; polling loops use it between looks.
 func Sleep(ms int) { time.Sleep(time.Duration(ms) * time.Millisecond) }
 
