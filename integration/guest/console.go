@@ -20,6 +20,7 @@ const (
 	markCmd       = "__VMNET_CMD__"
 	markReady     = "__VMNET_READY__"
 	markInitError = "__VMNET_INIT_ERROR__"
+	markStart     = "__VMNET_START__"
 	markBegin     = "__VMNET_BEGIN__"
 	markDone      = "__VMNET_DONE__"
 )
@@ -41,6 +42,7 @@ type console struct {
 	readyAt    time.Time
 	initErrors []string
 	results    map[uint64]result
+	started    map[uint64]time.Time // commands the guest said it runs
 	notify     chan struct{} // a result arrived (capacity 1)
 
 	// frame being collected
@@ -54,6 +56,7 @@ func newConsole() *console {
 	return &console{
 		ready:   make(chan struct{}),
 		results: map[uint64]result{},
+		started: map[uint64]time.Time{},
 		notify:  make(chan struct{}, 1),
 	}
 }
@@ -93,6 +96,10 @@ func (c *console) line(l string) {
 		}
 	case strings.Contains(l, markBegin):
 		c.begin(l[strings.Index(l, markBegin)+len(markBegin):])
+	case strings.Contains(l, markStart):
+		if id, err := strconv.ParseUint(strings.TrimSpace(l[strings.Index(l, markStart)+len(markStart):]), 10, 64); err == nil {
+			c.started[id] = time.Now()
+		}
 	case strings.Contains(l, markReady):
 		select {
 		case <-c.ready:
@@ -154,11 +161,25 @@ func (c *console) take(id uint64) (result, bool) {
 			delete(c.results, k)
 		}
 	}
+	for k := range c.started {
+		if k < id {
+			delete(c.started, k)
+		}
+	}
 	r, ok := c.results[id]
 	if ok {
 		delete(c.results, id)
+		delete(c.started, id)
 	}
 	return r, ok
+}
+
+// startedAt reports when the guest said it started command id.
+func (c *console) startedAt(id uint64) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.started[id]
+	return at, ok
 }
 
 func (c *console) bootInfo() (readyAt time.Time, uptime string, initErrors []string) {

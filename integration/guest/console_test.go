@@ -24,6 +24,28 @@ func frame(id uint64, rc int, out string) string {
 	return b.String()
 }
 
+func TestConsoleStarted(t *testing.T) {
+	c := newConsole()
+	c.feed(strings.NewReader("__VMNET_START__ 3\r\n[ 1.0] noise __VMNET_START__ 4\r\n"))
+	for _, id := range []uint64{3, 4} {
+		if _, ok := c.startedAt(id); !ok {
+			t.Errorf("startedAt(%d): got false, want true", id)
+		}
+	}
+	if _, ok := c.startedAt(5); ok {
+		t.Errorf("startedAt(5): got true for a command the guest never started")
+	}
+	c.feed(strings.NewReader(frame(4, 0, "x")))
+	if _, ok := c.take(4); !ok {
+		t.Fatal("take(4): no result")
+	}
+	for _, id := range []uint64{3, 4} {
+		if _, ok := c.startedAt(id); ok {
+			t.Errorf("startedAt(%d) after take(4): got true, want it forgotten", id)
+		}
+	}
+}
+
 func TestConsole(t *testing.T) {
 	long := strings.Repeat("0123456789abcdef\n", 40)
 	cases := []struct {

@@ -4,7 +4,8 @@
 # then serve the command protocol on the console (see console.go):
 #
 #   host:  __VMNET_CMD__ <id> <timeout-seconds|0> <base64 of a shell script>
-#   guest: __VMNET_BEGIN__ <id>
+#   guest: __VMNET_START__ <id>
+#          __VMNET_BEGIN__ <id>
 #          <base64 of the script's stdout and stderr, wrapped lines>
 #          __VMNET_DONE__ <id> <exit status> <output length in bytes>
 #
@@ -89,6 +90,8 @@ while :; do
 	set -- $line
 	[ "$1" = __VMNET_CMD__ ] && [ $# -eq 4 ] || continue
 	id=$2 tmo=$3
+	# The host tells a command that hangs from one that never arrived.
+	echo "__VMNET_START__ $id"
 	if printf '%s\n' "$4" | base64 -d >/tmp/vmnet/cmd; then
 		cd /
 		if [ "$tmo" -gt 0 ]; then

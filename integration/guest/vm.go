@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/exec"
 	"strconv"
@@ -283,9 +282,13 @@ func (vm *VM) Run(ctx context.Context, script string) (output string, rc int, er
 	vm.nextID++
 	id := vm.nextID
 
+	// The guest kills the script a little before the host stops waiting,
+	// so that a script that hangs still reports (exit status 137) and its
+	// output so far.
 	timeout := 0
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = max(1, int(math.Ceil(time.Until(dl).Seconds())))
+		left := time.Until(dl)
+		timeout = max(1, int((left - min(left/10, 10*time.Second)).Seconds()))
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = vm.stdin.SetWriteDeadline(dl)
@@ -313,7 +316,12 @@ func (vm *VM) Run(ctx context.Context, script string) (output string, rc int, er
 			}
 			return "", -1, vm.exitError(fmt.Sprintf("run command %d in guest", id))
 		case <-ctx.Done():
-			return "", -1, fmt.Errorf("run command %d in guest: %w", id, ctx.Err())
+			if at, ok := vm.con.startedAt(id); ok {
+				return "", -1, fmt.Errorf("run command %d in guest: started %s ago, no result (the guest's kill after %d s did not end it): %w",
+					id, time.Since(at).Round(time.Millisecond), timeout, ctx.Err())
+			}
+			return "", -1, fmt.Errorf("run command %d in guest: the guest never said it started it (sent %s ago): %w",
+				id, time.Since(start).Round(time.Millisecond), ctx.Err())
 		}
 	}
 }

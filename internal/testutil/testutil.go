@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/vmnet-dev/vmnet/integration/harness"
 )
 
 // InCI reports whether the tests run under CI (CI=true), where a skip for
@@ -55,35 +57,24 @@ func RequireTUN(t testing.TB) {
 
 var nsSeq atomic.Uint64
 
-// NetNS creates a fresh named network namespace for the test and removes
-// it when the test ends. The caller's threads stay where they are; pass
-// the name to Options.NetNS or run commands in it with Exec.
+// NetNS creates a fresh named network namespace for the test, with its
+// loopback up, and removes it when the test ends. The caller's threads
+// stay where they are; pass the name to Options.NetNS or run commands in
+// it with Exec. It is harness.NewNetNS, the one way vmnet's tests and demo
+// make namespaces (see there why).
 func NetNS(t testing.TB) string {
 	t.Helper()
 	RequireRoot(t)
 	name := fmt.Sprintf("vmnet-test-%d-%d", os.Getpid(), nsSeq.Add(1))
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatalf("read current network namespace: %v", err)
-	}
-	defer orig.Close()
-	h, err := netns.NewNamed(name)
+	del, err := harness.NewNetNS(context.Background(), name)
 	if err != nil {
 		t.Fatalf("create network namespace %s: %v", name, err)
 	}
-	h.Close()
-	if err := netns.Set(orig); err != nil {
-		t.Fatalf("return to original network namespace: %v", err)
-	}
 	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
+		if err := del(); err != nil {
 			t.Errorf("delete network namespace %s: %v", name, err)
 		}
 	})
-	// Loopback up, so the namespace's stack can talk to itself.
-	Exec(t, name, "ip", "link", "set", "lo", "up")
 	return name
 }
 
