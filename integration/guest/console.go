@@ -43,7 +43,7 @@ type console struct {
 	initErrors []string
 	results    map[uint64]result
 	started    map[uint64]time.Time // commands the guest said it runs
-	notify     chan struct{} // a result arrived (capacity 1)
+	notify     chan struct{}        // a result arrived (capacity 1)
 
 	// frame being collected
 	inFrame bool
