@@ -272,7 +272,9 @@ func (vm *VM) GuestUptime() time.Duration {
 // Run runs a shell script in the guest (busybox sh, cwd /, stdin
 // /dev/null) and returns its standard output and error, interleaved, and
 // its exit status. A non-zero status is no error. ctx's deadline is also
-// given to the guest, which kills the script with SIGKILL when it passes.
+// given to the guest, which kills the script with SIGKILL shortly before
+// it passes; a script killed so, or one whose result never comes, is an
+// error that matches context.DeadlineExceeded.
 func (vm *VM) Run(ctx context.Context, script string) (output string, rc int, err error) {
 	if err := vm.WaitBoot(ctx); err != nil {
 		return "", -1, err
@@ -305,6 +307,10 @@ func (vm *VM) Run(ctx context.Context, script string) (output string, rc int, er
 				id, r.rc, time.Since(start).Round(time.Millisecond), script, r.output, id)
 			if r.err != nil {
 				return string(r.output), r.rc, r.err
+			}
+			// timeout -s KILL: the shell reports 128+9.
+			if timeout > 0 && r.rc == 128+9 && time.Since(start) >= time.Duration(timeout)*time.Second {
+				return string(r.output), r.rc, fmt.Errorf("run command %d in guest: killed at its %d s deadline: %w", id, timeout, context.DeadlineExceeded)
 			}
 			return string(r.output), r.rc, nil
 		}
