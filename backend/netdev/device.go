@@ -1,6 +1,7 @@
 package netdev
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -39,6 +40,22 @@ type Options struct {
 	// BusyPoll is each queue pair's busy-poll window (engine.Config).
 	BusyPoll time.Duration
 
+	// ControlQueue makes the device serve its control virtqueue (number
+	// 2×Pairs) itself, as an embedding VMM needs: it then offers CTRL_VQ,
+	// CTRL_RX, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS and GUEST_ANNOUNCE, uses
+	// only the first queue pair until the driver asks for more
+	// (VQ_PAIRS_SET), and applies GUEST_OFFLOADS_SET to the TAP. The zero
+	// value leaves the control queue to the transport, as vhost-user
+	// front-ends (QEMU, cloud-hypervisor, DPDK's virtio-user) serve it
+	// themselves and tell the device which rings run; VhostUser never
+	// offers it.
+	ControlQueue bool
+
+	// ConfigChanged is the configuration change interrupt: the device
+	// notifies it after the config space changed (the link went up or
+	// down, an announce was requested). nil: the driver is not told.
+	ConfigChanged engine.Notifier
+
 	// Logger receives log lines; nil means none.
 	Logger hclog.Logger
 }
@@ -53,10 +70,27 @@ type Device struct {
 	pairs    []pair
 	counters []*engine.Counters
 
+	ctrlCtr   ctrlCounters
+	stopWatch context.CancelFunc
+
 	mu      sync.Mutex
 	acked   virtio.Features
 	ackedOK bool
 	config  virtio.NetConfig
+	linkUp  bool       // the TAP is administratively up
+	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
+	ctrl    *ctrlQueue // the control queue's server, while it runs
+	rxMode  RXMode
+}
+
+// RXMode is what the driver asked of the receive filter with the CTRL_RX
+// class and MAC TABLE_SET (virtio 1.2 §5.1.6.5.1, §5.1.6.5.2). A TAP
+// delivers every frame the host sends it, so the device is in effect
+// always promiscuous; the spec lets these commands be best effort, and
+// the device records and acknowledges them.
+type RXMode struct {
+	Promisc, AllMulti, AllUni, NoMulti, NoUni, NoBcast bool
+	Unicast, Multicast                                 int // addresses in the last MAC table
 }
 
 // pair is one queue pair's two virtqueues and its engine.
@@ -113,6 +147,9 @@ func New(opts Options) (*Device, error) {
 	if n > 1 {
 		d.offered |= virtio.NetFMQ
 	}
+	if opts.ControlQueue {
+		d.offered |= ctrlFeatures
+	}
 	// Until the guest starts a pair, the kernel must not steer frames to
 	// its TAP queue: nobody would read them.
 	for i := 0; i < n; i++ {
@@ -123,12 +160,57 @@ func New(opts Options) (*Device, error) {
 		}
 	}
 	copy(d.config.MAC[:], opts.MAC)
-	d.config.Status = virtio.LinkUp
 	d.config.MaxVirtqueuePairs = uint16(n)
 	d.config.MTU = uint16(opts.MTU)
 	d.config.Speed = virtio.SpeedUnknown
 	d.config.Duplex = virtio.DuplexUnknown
+	d.active = n
+	// VIRTIO_NET_S_LINK_UP follows the TAP's administrative state: the
+	// host's `ip link set dev TAP down` is the guest's cable pulled. The
+	// TAP's carrier is not used: it follows the queues this device
+	// attaches, so it would say only whether the guest runs.
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := opts.TAP.WatchLink(ctx, d.linkChanged); err != nil {
+		cancel()
+		return nil, fmt.Errorf("new net device: %w", err)
+	}
+	d.stopWatch = cancel
 	return d, nil
+}
+
+// linkChanged sets the link status from the TAP's state and tells the
+// driver if it changed.
+func (d *Device) linkChanged(st backend.LinkState) {
+	d.mu.Lock()
+	changed := d.linkUp != st.Up
+	d.linkUp = st.Up
+	if st.Up {
+		d.config.Status |= virtio.LinkUp
+	} else {
+		d.config.Status &^= virtio.LinkUp
+	}
+	d.mu.Unlock()
+	if changed {
+		d.log.Debug("link status", "tap_state", st.String())
+		d.notifyConfig()
+	}
+}
+
+// notifyConfig raises the configuration change interrupt, if there is one.
+func (d *Device) notifyConfig() {
+	if d.opts.ConfigChanged == nil {
+		return
+	}
+	if err := d.opts.ConfigChanged.Notify(); err != nil {
+		d.log.Warn("config change interrupt failed", "error", err)
+	}
+}
+
+// Close stops watching the TAP and resets the device: every queue stops.
+// The TAP stays open (it is the caller's). Close is idempotent.
+func (d *Device) Close() {
+	d.stopWatch()
+	d.Reset()
 }
 
 // Features are the features the device offers.
@@ -136,6 +218,34 @@ func (d *Device) Features() virtio.Features { return d.offered }
 
 // Pairs is the number of queue pairs.
 func (d *Device) Pairs() int { return len(d.pairs) }
+
+// Queues is the number of virtqueues: two per pair, and the control
+// queue (the last) with Options.ControlQueue.
+func (d *Device) Queues() int {
+	if d.opts.ControlQueue {
+		return 2*len(d.pairs) + 1
+	}
+	return 2 * len(d.pairs)
+}
+
+// ActivePairs is the number of queue pairs the driver uses: all of them
+// unless the device serves the control queue, where it is 1 until the
+// driver sends VQ_PAIRS_SET.
+func (d *Device) ActivePairs() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.active
+}
+
+// RXMode is the receive filter the driver last asked for.
+func (d *Device) RXMode() RXMode {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.rxMode
+}
+
+// CtrlStats are the control queue's counters.
+func (d *Device) CtrlStats() CtrlStats { return d.ctrlCtr.snapshot() }
 
 // Config is the device's config space.
 func (d *Device) Config() virtio.NetConfig {
@@ -158,7 +268,11 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	// A front-end that serves the control queue itself (QEMU, DPDK's
 	// virtio-user) passes only the data-path bits, so rules that involve
 	// CTRL_VQ cannot be checked here; the guest's own stack checked them.
-	if err := virtio.ValidateNet(acked | virtio.NetFCtrlVQ); err != nil {
+	check := acked
+	if !d.opts.ControlQueue {
+		check |= virtio.NetFCtrlVQ
+	}
+	if err := virtio.ValidateNet(check); err != nil {
 		return fmt.Errorf("set features %v: %w", acked, err)
 	}
 	d.mu.Lock()
@@ -176,6 +290,12 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	}
 	d.acked = acked
 	d.ackedOK = true
+	// virtio 1.2 §5.1.6.5.5: multiqueue starts disabled; the driver
+	// enables more pairs with VQ_PAIRS_SET.
+	d.active = len(d.pairs)
+	if d.opts.ControlQueue {
+		d.active = 1
+	}
 	d.log.Debug("features acked", "features", acked.String(), "tun_offload", offload.TunFlags(acked).String())
 	return nil
 }
@@ -184,9 +304,12 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 // offloads the guest wants now (ethtool -K in the guest).
 func (d *Device) SetGuestOffloads(bits uint64) error {
 	d.mu.Lock()
-	acked := d.acked
-	d.mu.Unlock()
-	flags, err := offload.GuestOffloads(bits, acked)
+	defer d.mu.Unlock()
+	return d.setGuestOffloads(bits)
+}
+
+func (d *Device) setGuestOffloads(bits uint64) error {
+	flags, err := offload.GuestOffloads(bits, d.acked)
 	if err != nil {
 		return err
 	}
@@ -199,6 +322,9 @@ func (d *Device) SetGuestOffloads(bits uint64) error {
 func (d *Device) StartQueue(index int, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.isCtrl(index) {
+		return d.startCtrl(q, kick, call)
+	}
 	p, dir, err := d.pairOf(index)
 	if err != nil {
 		return err
@@ -216,7 +342,7 @@ func (d *Device) StartQueue(index int, q virtio.Queue, kick *engine.EventFD, cal
 // startPair runs pair i's engine if both its queues are started.
 func (d *Device) startPair(i int) error {
 	p := &d.pairs[i]
-	if p.q[0] == nil || p.q[1] == nil || p.run != nil {
+	if p.q[0] == nil || p.q[1] == nil || p.run != nil || i >= d.active {
 		return nil
 	}
 	tq, err := d.opts.TAP.OpenQueue(i)
@@ -260,6 +386,9 @@ func (d *Device) startPair(i int) error {
 // queue, whose NextAvail (and NextUsed) say where it stopped. The TAP
 // queue is detached so the kernel stops steering frames to it.
 func (d *Device) StopQueue(index int) (virtio.Queue, error) {
+	if d.isCtrl(index) {
+		return d.stopCtrl()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p, dir, err := d.pairOf(index)
@@ -270,39 +399,52 @@ func (d *Device) StopQueue(index int) (virtio.Queue, error) {
 	if s == nil {
 		return nil, fmt.Errorf("stop queue %d: not started", index)
 	}
-	var errs []error
-	if p.run != nil {
-		errs = append(errs, p.run.Stop())
-		p.run = nil
-		if err := d.opts.TAP.DisableQueue(index / 2); err != nil {
-			errs = append(errs, err)
-		}
-		d.log.Debug("queue pair stopped", "queue", index/2)
-	}
+	err = d.stopPair(index / 2)
 	p.q[dir] = nil
-	return s.q, errors.Join(errs...)
+	return s.q, err
+}
+
+// stopPair stops pair i's engine, if it runs, and detaches its TAP queue
+// so the kernel stops steering frames to it.
+func (d *Device) stopPair(i int) error {
+	p := &d.pairs[i]
+	if p.run == nil {
+		return nil
+	}
+	errs := []error{p.run.Stop()}
+	p.run = nil
+	if err := d.opts.TAP.DisableQueue(i); err != nil {
+		errs = append(errs, err)
+	}
+	d.log.Debug("queue pair stopped", "queue", i)
+	return errors.Join(errs...)
 }
 
 // Reset stops every queue pair and forgets the acked features: the driver
 // reset the device, or the front-end went away.
 func (d *Device) Reset() {
+	d.stopCtrl()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range d.pairs {
-		p := &d.pairs[i]
-		if p.run != nil {
-			if err := p.run.Stop(); err != nil {
-				d.log.Warn("stop queue pair on reset", "queue", i, "error", err)
-			}
-			p.run = nil
-			if err := d.opts.TAP.DisableQueue(i); err != nil {
-				d.log.Warn("detach TAP queue on reset", "queue", i, "error", err)
-			}
+		if err := d.stopPair(i); err != nil {
+			d.log.Warn("stop queue pair on reset", "queue", i, "error", err)
 		}
-		p.q = [2]*slot{}
+		d.pairs[i].q = [2]*slot{}
 	}
 	d.acked = 0
 	d.ackedOK = false
+	d.active = len(d.pairs)
+	// What the driver changed goes back to what the device was made with.
+	copy(d.config.MAC[:], d.opts.MAC)
+	d.config.Status &^= virtio.Announce
+	d.rxMode = RXMode{}
+}
+
+// isCtrl reports whether virtqueue index is the control queue the device
+// serves.
+func (d *Device) isCtrl(index int) bool {
+	return d.opts.ControlQueue && index == 2*len(d.pairs)
 }
 
 func (d *Device) pairOf(index int) (*pair, int, error) {

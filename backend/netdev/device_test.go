@@ -28,7 +28,7 @@ func newTestDevice(t *testing.T, queues int, opts Options) (*Device, *backend.De
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(d.Reset)
+	t.Cleanup(d.Close)
 	return d, tap, ns
 }
 
@@ -45,14 +45,18 @@ func TestOfferedFeatures(t *testing.T) {
 		t.Errorf("kernel takes USO, offered %v lacks GUEST_USO4/6", f)
 	}
 	cfg := d.Config()
-	if cfg.MaxVirtqueuePairs != 2 || cfg.MTU != 9000 || cfg.Status&virtio.LinkUp == 0 || cfg.MAC[0]&3 != 2 {
-		t.Errorf("config %+v: want 2 pairs, MTU 9000, link up, a local unicast MAC", cfg)
+	if cfg.MaxVirtqueuePairs != 2 || cfg.MTU != 9000 || cfg.Status&virtio.LinkUp != 0 || cfg.MAC[0]&3 != 2 {
+		t.Errorf("config %+v: want 2 pairs, MTU 9000, link down (the TAP is), a local unicast MAC", cfg)
+	}
+	if f&ctrlFeatures != 0 {
+		t.Errorf("offered %v without Options.ControlQueue", f&ctrlFeatures)
 	}
 	// Offloads "none" leaves only the ring and device features.
 	d2, err := New(Options{TAP: tap, Offloads: offload.NoOffloads})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer d2.Close()
 	if f := d2.Features() & offload.AllFeatures; f != 0 {
 		t.Errorf("--offloads none: offered offloads %v", f)
 	}
@@ -98,7 +102,13 @@ type ring struct {
 
 func newRing(t *testing.T) *ring {
 	t.Helper()
-	g, err := virtiotest.NewGuest(64, false, virtiotest.Options{SlotSize: 2048})
+	return newRingSlots(t, 2048)
+}
+
+// newRingSlots is newRing with buffers of slot bytes.
+func newRingSlots(t *testing.T, slot int) *ring {
+	t.Helper()
+	g, err := virtiotest.NewGuest(64, false, virtiotest.Options{SlotSize: slot})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,9 @@ var _ vhostuser.Backend = (*vhostUserBackend)(nil)
 var _ vhostuser.MTUSetter = (*vhostUserBackend)(nil)
 var _ vhostuser.Announcer = (*vhostUserBackend)(nil)
 
-func (b *vhostUserBackend) Features() virtio.Features { return b.d.Features() }
+// Features leave out the control queue's features: a vhost-user
+// front-end serves the control queue itself.
+func (b *vhostUserBackend) Features() virtio.Features { return b.d.Features() &^ ctrlFeatures }
 
 func (b *vhostUserBackend) ProtocolFeatures() vhostuser.ProtocolFeatures {
 	return vhostuser.ProtocolMTU | vhostuser.ProtocolRARP

@@ -131,7 +131,7 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	defer dev.Reset()
+	defer dev.Close()
 	if c.persist {
 		if err := tap.SetPersist(true); err != nil {
 			return err

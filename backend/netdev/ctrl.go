@@ -1,0 +1,327 @@
+package netdev
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/backend/engine"
+	"github.com/vmnet-dev/vmnet/virtio"
+	"golang.org/x/sys/unix"
+)
+
+// ctrlFeatures are what the device offers when it serves the control
+// virtqueue itself (Options.ControlQueue). CTRL_VLAN is not among them:
+// a TAP cannot filter VLANs without a program in the kernel, and a device
+// that offers it must drop the frames of VLANs the driver did not add.
+const ctrlFeatures = virtio.NetFCtrlVQ | virtio.NetFCtrlRx | virtio.NetFCtrlMACAddr |
+	virtio.NetFCtrlGuestOffloads | virtio.NetFGuestAnnounce
+
+// maxCtrlLen bounds a command's device-readable bytes: a MAC table of
+// about ten thousand addresses. A longer command is answered with
+// VIRTIO_NET_ERR, not gathered.
+const maxCtrlLen = 64 << 10
+
+// CtrlStats count the control queue's work since the Device was made.
+type CtrlStats struct {
+	Commands  uint64 // commands answered VIRTIO_NET_OK
+	Errors    uint64 // commands answered VIRTIO_NET_ERR (unknown, not negotiated, malformed, failed)
+	BadChains uint64 // chains returned unanswered: malformed, or no byte for the ack
+	Kicks     uint64
+}
+
+type ctrlCounters struct {
+	commands, errors, badChains, kicks atomic.Uint64
+}
+
+func (c *ctrlCounters) snapshot() CtrlStats {
+	return CtrlStats{Commands: c.commands.Load(), Errors: c.errors.Load(), BadChains: c.badChains.Load(), Kicks: c.kicks.Load()}
+}
+
+// ctrlQueue serves the control virtqueue (virtio 1.2 §5.1.6.5) in a
+// goroutine of its own: it sleeps until the driver kicks, then answers
+// every available command in order. Commands change the Device, which
+// does the work under its lock; the queue itself is touched only here.
+type ctrlQueue struct {
+	d     *Device
+	log   hclog.Logger
+	q     virtio.Queue
+	kick  *engine.EventFD
+	call  engine.Notifier
+	stop  *engine.EventFD
+	done  chan struct{}
+	chain virtio.Chain
+	buf   []byte
+	bad   dropLimiter
+}
+
+func startCtrl(d *Device, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) (*ctrlQueue, error) {
+	stop, err := engine.NewEventFD()
+	if err != nil {
+		return nil, fmt.Errorf("start control queue: %w", err)
+	}
+	c := &ctrlQueue{
+		d: d, log: d.log.Named("ctrl"), q: q, kick: kick, call: call, stop: stop,
+		done: make(chan struct{}),
+		buf:  make([]byte, 0, 256),
+	}
+	go c.run()
+	return c, nil
+}
+
+// halt stops the goroutine and waits for it. The Device's lock must not be
+// held: a command being answered takes it.
+func (c *ctrlQueue) halt() {
+	if err := c.stop.Notify(); err != nil {
+		c.log.Error("stop control queue", "error", err)
+	}
+	<-c.done
+	c.stop.Close()
+}
+
+func (c *ctrlQueue) run() {
+	defer close(c.done)
+	// Commands may have been posted before the kick was wired.
+	c.process()
+	fds := []unix.PollFd{{Fd: int32(c.kick.Fd()), Events: unix.POLLIN}, {Fd: int32(c.stop.Fd()), Events: unix.POLLIN}}
+	for {
+		fds[0].Revents, fds[1].Revents = 0, 0
+		if _, err := unix.Poll(fds, -1); err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			c.log.Error("control queue stopped", "error", err)
+			return
+		}
+		if fds[1].Revents != 0 {
+			return
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
+			c.log.Error("control queue stopped: kick eventfd unusable", "revents", fds[0].Revents)
+			return
+		}
+		c.kick.Drain()
+		c.d.ctrlCtr.kicks.Add(1)
+		c.process()
+	}
+}
+
+// process answers every available command, then returns them to the
+// driver with one interrupt.
+func (c *ctrlQueue) process() {
+	ctr := &c.d.ctrlCtr
+	pushed := 0
+	c.q.DisableNotify()
+	for {
+		ok, err := c.q.Pop(&c.chain)
+		if err != nil {
+			if !errors.Is(err, virtio.ErrBadChain) {
+				// The ring itself is broken: nothing more can be read
+				// until the driver resets the device.
+				c.log.Error("control ring unusable until the device is reset", "error", err)
+				break
+			}
+			ctr.badChains.Add(1)
+			c.bad.log(c.log, "malformed control chain", err)
+			c.push(0)
+			pushed++
+			continue
+		}
+		if !ok {
+			if c.q.EnableNotify() {
+				c.q.DisableNotify()
+				continue
+			}
+			break
+		}
+		pushed++
+		if c.chain.WriteLen == 0 {
+			// No room for the ack: the driver would wait forever for an
+			// answer it cannot get; give the chain back unanswered.
+			ctr.badChains.Add(1)
+			c.bad.log(c.log, "control chain without a writable byte", fmt.Errorf("%d readable bytes", c.chain.ReadLen))
+			c.push(0)
+			continue
+		}
+		ack := virtio.CtrlOK
+		if err := c.answer(); err != nil {
+			ack = virtio.CtrlErr
+			ctr.errors.Add(1)
+			c.bad.log(c.log, "control command refused", err)
+		} else {
+			ctr.commands.Add(1)
+		}
+		// virtio 1.2 §5.1.6.5: the ack is the first device-writable byte.
+		c.chain.Writable[0][0] = byte(ack)
+		c.push(1)
+	}
+	if pushed == 0 {
+		return
+	}
+	c.q.Flush()
+	if c.q.NeedsInterrupt() {
+		if err := c.call.Notify(); err != nil {
+			c.log.Warn("control queue interrupt failed", "error", err)
+		}
+	}
+}
+
+// answer gathers the command of c.chain out of guest memory (the driver
+// cannot change the copy while it is checked) and carries it out.
+func (c *ctrlQueue) answer() error {
+	if c.chain.ReadLen > maxCtrlLen {
+		return fmt.Errorf("control command of %d bytes, more than the %d this device reads", c.chain.ReadLen, maxCtrlLen)
+	}
+	c.buf = c.buf[:0]
+	for _, b := range c.chain.Readable {
+		c.buf = append(c.buf, b...)
+	}
+	return c.d.ctrlCommand(c.buf)
+}
+
+func (c *ctrlQueue) push(written uint32) {
+	if err := c.q.Push(&c.chain, written); err != nil {
+		// Only a bug gets here: the chain was popped.
+		c.log.Error("return control chain", "error", err)
+	}
+}
+
+// dropLimiter rate-limits the log lines of refused commands and bad
+// chains, which a guest can send in a loop: the first eight, then every
+// 1024th, at debug level. They are counted regardless.
+type dropLimiter struct{ n uint64 }
+
+func (l *dropLimiter) log(log hclog.Logger, what string, err error) {
+	l.n++
+	if (l.n <= 8 || l.n%1024 == 0) && log.IsDebug() {
+		log.Debug(what, "error", err, "count", l.n)
+	}
+}
+
+// startCtrl serves the control queue. d.mu is held.
+func (d *Device) startCtrl(q virtio.Queue, kick *engine.EventFD, call engine.Notifier) error {
+	index := 2 * len(d.pairs)
+	switch {
+	case !d.ackedOK:
+		return fmt.Errorf("start control queue %d: features not set", index)
+	case !d.acked.Has(virtio.NetFCtrlVQ):
+		return fmt.Errorf("start control queue %d: CTRL_VQ not negotiated", index)
+	case d.ctrl != nil:
+		return fmt.Errorf("start control queue %d: already started", index)
+	case q == nil || kick == nil || call == nil:
+		return fmt.Errorf("start control queue %d: a queue, a kick eventfd and a call notifier are required", index)
+	}
+	c, err := startCtrl(d, q, kick, call)
+	if err != nil {
+		return err
+	}
+	d.ctrl = c
+	d.log.Debug("control queue started", "queue", index)
+	return nil
+}
+
+// stopCtrl stops serving the control queue and returns it. d.mu must not
+// be held.
+func (d *Device) stopCtrl() (virtio.Queue, error) {
+	d.mu.Lock()
+	c := d.ctrl
+	d.ctrl = nil
+	d.mu.Unlock()
+	if c == nil {
+		return nil, fmt.Errorf("stop control queue %d: not started", 2*len(d.pairs))
+	}
+	c.halt()
+	return c.q, nil
+}
+
+// ctrlCommand parses one command the driver sent and carries it out; an
+// error is answered with VIRTIO_NET_ERR.
+func (d *Device) ctrlCommand(b []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cmd, err := virtio.ParseCtrl(b, d.config.CtrlLimits(d.acked, virtio.LittleEndian))
+	if err != nil {
+		return err
+	}
+	switch cmd.Class {
+	case virtio.CtrlRX:
+		m := &d.rxMode
+		switch cmd.Command {
+		case virtio.CtrlRXPromisc:
+			m.Promisc = cmd.On
+		case virtio.CtrlRXAllMulti:
+			m.AllMulti = cmd.On
+		case virtio.CtrlRXAllUni:
+			m.AllUni = cmd.On
+		case virtio.CtrlRXNoMulti:
+			m.NoMulti = cmd.On
+		case virtio.CtrlRXNoUni:
+			m.NoUni = cmd.On
+		case virtio.CtrlRXNoBcast:
+			m.NoBcast = cmd.On
+		}
+		return nil
+	case virtio.CtrlMAC:
+		if cmd.Command == virtio.CtrlMACAddrSet {
+			d.config.MAC = cmd.MAC
+			d.log.Debug("guest MAC set", "mac", cmd.MAC.String())
+			return nil
+		}
+		d.rxMode.Unicast, d.rxMode.Multicast = cmd.Unicast.Len(), cmd.Multicast.Len()
+		return nil
+	case virtio.CtrlAnnounce:
+		// virtio 1.2 §5.1.6.5.4: the ack clears VIRTIO_NET_S_ANNOUNCE.
+		d.config.Status &^= virtio.Announce
+		return nil
+	case virtio.CtrlMQ:
+		if cmd.Command == virtio.CtrlMQVQPairsSet {
+			return d.setPairs(int(cmd.Pairs))
+		}
+	case virtio.CtrlGuestOffloads:
+		return d.setGuestOffloads(uint64(cmd.Offloads))
+	}
+	// ParseCtrl passes only commands of negotiated features, and RSS,
+	// HASH_REPORT and CTRL_VLAN are never offered.
+	return fmt.Errorf("control %s: not served by this device", cmd.Name())
+}
+
+// setPairs is VQ_PAIRS_SET: the driver uses pairs [0, n) from now on. The
+// other pairs' engines stop and their TAP queues are detached before the
+// command is acknowledged, so no frame lands where the driver no longer
+// looks (virtio 1.2 §5.1.6.5.5.2). d.mu is held.
+func (d *Device) setPairs(n int) error {
+	d.active = n
+	var errs []error
+	for i := range d.pairs {
+		if i < n {
+			errs = append(errs, d.startPair(i))
+		} else {
+			errs = append(errs, d.stopPair(i))
+		}
+	}
+	d.log.Debug("queue pairs in use", "pairs", n)
+	return errors.Join(errs...)
+}
+
+// AnnounceGuest asks for the guest to be announced on the host's network,
+// after a migration say. With GUEST_ANNOUNCE negotiated and the control
+// queue served, the device sets VIRTIO_NET_S_ANNOUNCE and raises the
+// config interrupt, and the guest sends gratuitous ARPs and neighbour
+// advertisements for its addresses, then acks (virtio 1.2 §5.1.6.5.4).
+// Otherwise the device writes a RARP from the guest's MAC itself, as
+// QEMU does for guests that cannot announce themselves.
+func (d *Device) AnnounceGuest() error {
+	d.mu.Lock()
+	guest := d.ctrl != nil && d.acked.Has(virtio.NetFGuestAnnounce)
+	mac := d.config.MAC
+	if guest {
+		d.config.Status |= virtio.Announce
+	}
+	d.mu.Unlock()
+	if guest {
+		d.notifyConfig()
+		return nil
+	}
+	return d.Announce(mac[:])
+}
