@@ -55,7 +55,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&o.queues, "queues", 1, "queue pairs, one descriptor each (1 to 253)")
 	fs.StringVar(&o.bridge, "bridge", "", "bridge to attach the TAP to")
 	fs.StringVar(&o.netns, "netns", "", "network namespace for the TAP (refused when setuid)")
-	fs.StringVar(&o.steering, "steering", "none", "queue steering: none (eBPF steering is not supported yet)")
+	fs.StringVar(&o.steering, "steering", "kernel", "queue steering: kernel (tun's flow table) or hash (eBPF: a flow keeps its queue; needs CAP_BPF)")
 	fs.StringVar(&o.offloads, "offloads", "none", "TUNSETOFFLOAD set before the hypervisor sets its own: none or csum,tso4,...")
 	fs.IntVar(&o.vnetHdr, "vnet-hdr", backend.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
 	fs.StringVar(&o.mac, "mac", "", "guest MAC for {mac}; default a random locally administered one")
@@ -151,6 +151,10 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("exec: create tap: %w", err)
 	}
+	if err := applySteering(dev, o.steering, log); err != nil {
+		dev.Close()
+		return fmt.Errorf("exec: %w", err)
+	}
 	files, tapMAC, err := prepareTap(dev, o, mtu)
 	// The device's own files go now; the duplicates hold the TAP.
 	dev.Close()
@@ -231,9 +235,11 @@ func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
 			return 0, nil, usagef("exec: --netns: %v", err)
 		}
 	}
-	if err := checkSteering(o.steering); err != nil {
-		return 0, nil, usagef("exec: %v", err)
+	steering, err := parseSteering("exec", o.steering, false)
+	if err != nil {
+		return 0, nil, err
 	}
+	o.steering = steering
 	offloads, err := backend.ParseOffload(o.offloads)
 	if err != nil {
 		return 0, nil, usagef("exec: --offloads: %v", err)
@@ -258,17 +264,6 @@ func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
 		return 0, nil, err
 	}
 	return offloads, mac, nil
-}
-
-// checkSteering accepts the steering modes vmnet-helper can set up.
-func checkSteering(mode string) error {
-	switch mode {
-	case "", "none":
-		return nil
-	case "hash", "rss", "ebpf", "cpu":
-		return fmt.Errorf("--steering %s: not supported yet (eBPF queue steering is not built); use none, the kernel's own flow hashing: %w", mode, backend.ErrNotSupported)
-	}
-	return fmt.Errorf("--steering %q: unknown mode (want none)", mode)
 }
 
 // prepareTap sets the TAP's link up and returns a duplicate of each queue

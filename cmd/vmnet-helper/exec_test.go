@@ -27,8 +27,8 @@ func TestExecBadArguments(t *testing.T) {
 		{"too many queues", []string{"exec", "--queues", "254", "--", "true"}, "--queues 254"},
 		{"bad tap", []string{"exec", "--tap", "a b", "--", "true"}, "white space"},
 		{"bad bridge", []string{"exec", "--bridge", "br%d", "--", "true"}, "'%'"},
-		{"steering rss", []string{"exec", "--steering", "rss", "--", "true"}, "not supported yet"},
-		{"steering unknown", []string{"exec", "--steering", "magic", "--", "true"}, "unknown mode"},
+		{"steering rss", []string{"exec", "--steering", "rss", "--", "true"}, "want kernel or hash"},
+		{"steering auto", []string{"exec", "--steering", "auto", "--", "true"}, "want kernel or hash"},
 		{"offloads", []string{"exec", "--offloads", "tso4", "--", "true"}, "every offload needs csum"},
 		{"offload name", []string{"exec", "--offloads", "csum,warp", "--", "true"}, "warp"},
 		{"vnet hdr", []string{"exec", "--vnet-hdr", "11", "--", "true"}, "--vnet-hdr 11"},
@@ -43,9 +43,6 @@ func TestExecBadArguments(t *testing.T) {
 				t.Errorf("got %v, want a usage error containing %q", err, tc.want)
 			}
 		})
-	}
-	if err := checkSteering("ebpf"); !errors.Is(err, backend.ErrNotSupported) {
-		t.Errorf("checkSteering(ebpf): got %v, want ErrNotSupported", err)
 	}
 }
 

@@ -15,7 +15,7 @@ const usage = `usage: vmnet-helper COMMAND [ARGS]
 commands:
   tap create [--name vmnet%d] [--queues N] [--persist] [--owner UID] [--group GID]
              [--mtu N] [--netns NAME] [--vnet-hdr 10|12|20] [--no-napi]
-             [--bridge BR] [--single-queue]
+             [--bridge BR] [--single-queue] [--steering kernel|hash]
         create a multi-queue TAP device and print its name; without --persist
         the device lives until vmnet-helper gets SIGINT or SIGTERM
   tap delete [--netns NAME] NAME
@@ -26,6 +26,7 @@ commands:
 
   vhost-user --socket PATH [--client] [--tap NAME|TEMPLATE] [--queues N] [--netns NAME]
              [--persist] [--mac ADDR] [--mtu N] [--offloads auto|none|LIST] [--busy-poll DUR]
+             [--steering auto|kernel|hash]
         serve a vhost-user-net device backed by a multi-queue TAP until SIGINT or
         SIGTERM; prints the TAP's name; SIGUSR1 prints per-queue counters to stderr
 
@@ -34,7 +35,7 @@ commands:
         -netdev tap,helper=: make a tap%d on BRIDGE if the access list allows
         it, send its descriptor on fd N, exit
   exec [--tap NAME|TEMPLATE] [--queues N] [--bridge BR] [--netns NAME] [--mac ADDR]
-       [--mtu N] [--vnet-hdr 10|12|20] [--offloads none|LIST] [--steering none]
+       [--mtu N] [--vnet-hdr 10|12|20] [--offloads none|LIST] [--steering kernel|hash]
        [--persist] [--user USER] -- COMMAND ARGS...
         make a multi-queue TAP, run COMMAND with its queues at descriptors 3,
         4, ... and no privileges, wait for it; COMMAND's arguments may use

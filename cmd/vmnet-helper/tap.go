@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/ebpf"
 )
 
 func runTap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -42,6 +43,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		persist = fs.Bool("persist", false, "keep the device after vmnet-helper exits")
 		single  = fs.Bool("single-queue", false, "make a TAP without IFF_MULTI_QUEUE, for hypervisors that open it by name (Firecracker)")
 		bridge  = fs.String("bridge", "", "attach the TAP to this bridge (its MTU unless --mtu)")
+		steer   = fs.String("steering", "kernel", "queue steering: kernel (tun's flow table) or hash (eBPF, stays with a persistent TAP; needs CAP_BPF)")
 	)
 	lf.register(fs)
 	fs.StringVar(&opts.Name, "name", backend.DefaultName, "interface name or template with one %d")
@@ -87,7 +89,14 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return usagef("tap create: --bridge: %v", err)
 		}
 	}
+	steering, err := parseSteering("tap create", *steer, false)
+	if err != nil {
+		return err
+	}
 	if *single {
+		if steering != string(ebpf.SteeringKernel) {
+			return usagef("tap create: --steering %s needs a multi-queue TAP, not --single-queue", steering)
+		}
 		if opts.Queues != 1 {
 			return usagef("tap create: --single-queue makes one queue, not %d", opts.Queues)
 		}
@@ -105,6 +114,9 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("create tap: %w", err)
 	}
 	defer dev.Close()
+	if err := applySteering(dev, steering, log); err != nil {
+		return err
+	}
 	if *bridge != "" || *mtu != 0 {
 		if err := configureTapLink(dev.Name(), opts.NetNS, link); err != nil {
 			return err

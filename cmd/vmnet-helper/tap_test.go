@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
+	cebpf "github.com/cilium/ebpf"
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
@@ -38,6 +41,8 @@ func TestTapBadArguments(t *testing.T) {
 		{"bad log level", []string{"tap", "create", "--log-level", "loud"}, "--log-level"},
 		{"bad log format", []string{"tap", "create", "--log-format", "xml"}, "--log-format"},
 		{"stray argument", []string{"tap", "create", "extra"}, "unexpected argument"},
+		{"bad steering", []string{"tap", "create", "--steering", "rss"}, "want kernel or hash"},
+		{"steering one queue", []string{"tap", "create", "--single-queue", "--steering", "hash"}, "needs a multi-queue TAP"},
 		{"delete template", []string{"tap", "delete", "vmnet%d"}, "'%'"},
 		{"delete two", []string{"tap", "delete", "a", "b"}, "exactly one"},
 		{"show none", []string{"tap", "show"}, "exactly one"},
@@ -186,5 +191,74 @@ func TestTapCreateSingleQueueOnBridge(t *testing.T) {
 	}
 	if out := testutil.Exec(t, ns, "ip", "-o", "link", "show", "type", "tun"); strings.TrimSpace(out) != "" {
 		t.Errorf("TAPs left behind:\n%s", out)
+	}
+}
+
+// steeringProgs lists the IDs of the loaded programs named like vmnet's
+// steering program.
+func steeringProgs(t *testing.T) map[cebpf.ProgramID]bool {
+	t.Helper()
+	ids := map[cebpf.ProgramID]bool{}
+	var id cebpf.ProgramID
+	for {
+		next, err := cebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return ids
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		id = next
+		p, err := cebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if info, err := p.Info(); err == nil && info.Name == "vmnet_steer" {
+			ids[id] = true
+		}
+		p.Close()
+	}
+}
+
+// tap create --steering hash leaves the program with the persistent TAP,
+// which alone holds it once the helper is gone; tap delete frees it.
+func TestTapCreateHashSteering(t *testing.T) {
+	testutil.RequireTUN(t)
+	ns := testutil.NetNS(t)
+	before := steeringProgs(t)
+	out, _, err := runHelper("tap", "create", "--netns", ns, "--queues", "4", "--persist", "--steering", "hash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimSpace(out)
+	time.Sleep(300 * time.Millisecond) // programs of other tests come and go
+	var ours []cebpf.ProgramID
+	for id := range steeringProgs(t) {
+		if !before[id] {
+			ours = append(ours, id)
+		}
+	}
+	if len(ours) == 0 {
+		t.Fatal("no steering program loaded after tap create --steering hash exited: the TAP does not hold one")
+	}
+	if _, _, err := runHelper("tap", "delete", "--netns", ns, name); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		left := 0
+		now := steeringProgs(t)
+		for _, id := range ours {
+			if now[id] {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d steering programs still loaded 3s after tap delete", left)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -31,6 +31,7 @@ type vhostUserFlags struct {
 	mtu      int
 	offloads string
 	busyPoll time.Duration
+	steering string
 	log      logFlags
 }
 
@@ -57,6 +58,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.IntVar(&f.mtu, "mtu", 0, "MTU of the TAP, offered to the guest (68 to 65521; 0: the kernel's 1500, not offered)")
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
+	fs.StringVar(&f.steering, "steering", steeringAuto, "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
 	f.log.register(fs)
 	logger, err := parseCommand(fs, args, stderr, &f.log)
 	if err != nil {
@@ -89,6 +91,9 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	}
 	if c.offer, err = offload.ParseOfferList(f.offloads); err != nil {
 		return nil, usagef("vhost-user: --offloads: %v", err)
+	}
+	if c.steering, err = parseSteering("vhost-user", f.steering, true); err != nil {
+		return nil, err
 	}
 	if f.netns != "" {
 		if err := backend.CheckNetNS(f.netns); err != nil {
@@ -125,6 +130,9 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	if err := tap.SetUp(true); err != nil {
+		return err
+	}
+	if err := applySteering(tap, c.steering, log); err != nil {
 		return err
 	}
 	dev, err := netdev.New(netdev.Options{TAP: tap, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll, Logger: log})

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// Bad vhost-user command lines fail before anything is made.
+func TestVhostUserBadArguments(t *testing.T) {
+	sock := t.TempDir() + "/vu.sock"
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no socket", []string{"vhost-user"}, "--socket is required"},
+		{"socket dir", []string{"vhost-user", "--socket", "/no/such/dir/vu.sock"}, "does not exist"},
+		{"zero queues", []string{"vhost-user", "--socket", sock, "--queues", "0"}, "--queues 0"},
+		{"too many queues", []string{"vhost-user", "--socket", sock, "--queues", "256"}, "--queues 256"},
+		{"mtu", []string{"vhost-user", "--socket", sock, "--mtu", "67"}, "--mtu 67"},
+		{"busy poll", []string{"vhost-user", "--socket", sock, "--busy-poll", "2s"}, "--busy-poll"},
+		{"tap name", []string{"vhost-user", "--socket", sock, "--tap", "a b"}, "--tap"},
+		{"multicast mac", []string{"vhost-user", "--socket", sock, "--mac", "01:00:5e:00:00:01"}, "--mac"},
+		{"offloads", []string{"vhost-user", "--socket", sock, "--offloads", "warp"}, "--offloads"},
+		{"steering", []string{"vhost-user", "--socket", sock, "--steering", "rss"}, "want auto, kernel or hash"},
+		{"netns", []string{"vhost-user", "--socket", sock, "--netns", "no-such-netns-here"}, "--netns"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := runHelper(tc.args...)
+			var ue *usageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want a usage error containing %q", err, tc.want)
+			}
+		})
+	}
+}
