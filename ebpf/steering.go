@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -315,4 +316,44 @@ func hashInstructions() asm.Instructions {
 		asm.Return(),
 	)
 	return p
+}
+
+// TupleHash is FlowHash of a frame of the flow from src:sport to
+// dst:dport over IP protocol proto (IPv4 without options, or IPv6
+// without extension headers), so a test or a demo can pick ports whose
+// flow lands on the queue it wants: queue = TupleHash(...) % queues.
+func TupleHash(proto uint8, src, dst netip.Addr, sport, dport uint16) uint32 {
+	f := make([]byte, ethLen, ethLen+ipv6Len+4)
+	var ip []byte
+	if src.Is4() && dst.Is4() {
+		binary.BigEndian.PutUint16(f[ethTypeOff:], etherIPv4)
+		ip = make([]byte, ipv4Len)
+		ip[0], ip[9] = 0x45, proto
+		s, d := src.As4(), dst.As4()
+		copy(ip[12:], s[:])
+		copy(ip[16:], d[:])
+	} else {
+		binary.BigEndian.PutUint16(f[ethTypeOff:], etherIPv6)
+		ip = make([]byte, ipv6Len)
+		ip[0], ip[6] = 0x60, proto
+		s, d := src.As16(), dst.As16()
+		copy(ip[8:], s[:])
+		copy(ip[24:], d[:])
+	}
+	f = append(f, ip...)
+	f = binary.BigEndian.AppendUint16(f, sport)
+	f = binary.BigEndian.AppendUint16(f, dport)
+	return FlowHash(f)
+}
+
+// PortForQueue returns the first source port from `from` up whose flow
+// from src to dst:dport over proto the hash program puts on queue q of
+// queues: a client that binds it (iperf3 --cport, say) gives each queue a
+// flow of its own. queues must be at least 1 and q below it.
+func PortForQueue(q, queues int, proto uint8, src, dst netip.Addr, dport, from uint16) uint16 {
+	for p := from; ; p++ {
+		if int(TupleHash(proto, src, dst, p, dport)%uint32(queues)) == q || p == 0xffff {
+			return p
+		}
+	}
 }

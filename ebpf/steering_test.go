@@ -273,3 +273,20 @@ func TestLoadWithoutPrivilegesIsTyped(t *testing.T) {
 		t.Errorf("load as uid 65534 without capabilities: %v, want ErrPermission", err)
 	}
 }
+
+func TestTupleHash(t *testing.T) {
+	for _, s := range []frameSpec{tcp4(40000, 5201), {ether: etherIPv6, src: v6a, dst: v6b, proto: protoUDP, sport: 9, dport: 4789}} {
+		if got, want := TupleHash(s.proto, s.src, s.dst, s.sport, s.dport), FlowHash(s.build()); got != want {
+			t.Errorf("TupleHash(%d, %v, %v, %d, %d) = %#x, FlowHash of the frame %#x", s.proto, s.src, s.dst, s.sport, s.dport, got, want)
+		}
+	}
+}
+
+func TestPortForQueue(t *testing.T) {
+	for q := range 3 {
+		p := PortForQueue(q, 3, protoTCP, v4a, v4b, 5201, 40000)
+		if got := int(TupleHash(protoTCP, v4a, v4b, p, 5201) % 3); got != q || p < 40000 {
+			t.Errorf("PortForQueue(%d of 3) = %d, whose flow lands on queue %d", q, p, got)
+		}
+	}
+}

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	cebpf "github.com/cilium/ebpf"
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
@@ -194,46 +192,20 @@ func TestTapCreateSingleQueueOnBridge(t *testing.T) {
 	}
 }
 
-// steeringProgs lists the IDs of the loaded programs named like vmnet's
-// steering program.
-func steeringProgs(t *testing.T) map[cebpf.ProgramID]bool {
-	t.Helper()
-	ids := map[cebpf.ProgramID]bool{}
-	var id cebpf.ProgramID
-	for {
-		next, err := cebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) {
-			return ids
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		id = next
-		p, err := cebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // gone meanwhile
-		}
-		if info, err := p.Info(); err == nil && info.Name == "vmnet_steer" {
-			ids[id] = true
-		}
-		p.Close()
-	}
-}
-
 // tap create --steering hash leaves the program with the persistent TAP,
 // which alone holds it once the helper is gone; tap delete frees it.
 func TestTapCreateHashSteering(t *testing.T) {
 	testutil.RequireTUN(t)
 	ns := testutil.NetNS(t)
-	before := steeringProgs(t)
+	before := testutil.SteeringPrograms(t)
 	out, _, err := runHelper("tap", "create", "--netns", ns, "--queues", "4", "--persist", "--steering", "hash")
 	if err != nil {
 		t.Fatal(err)
 	}
 	name := strings.TrimSpace(out)
 	time.Sleep(300 * time.Millisecond) // programs of other tests come and go
-	var ours []cebpf.ProgramID
-	for id := range steeringProgs(t) {
+	var ours []uint32
+	for id := range testutil.SteeringPrograms(t) {
 		if !before[id] {
 			ours = append(ours, id)
 		}
@@ -247,7 +219,7 @@ func TestTapCreateHashSteering(t *testing.T) {
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		left := 0
-		now := steeringProgs(t)
+		now := testutil.SteeringPrograms(t)
 		for _, id := range ours {
 			if now[id] {
 				left++

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/integration/guest"
 	"github.com/vmnet-dev/vmnet/integration/harness"
 )
@@ -32,10 +34,12 @@ type options struct {
 	queues    int
 	iperfTime time.Duration
 	verbose   bool
+	steering  string // vmnet-helper vhost-user --steering
 }
 
 // results are what the demo measured.
 type results struct {
+	steering          string
 	qemu              string
 	boot              time.Duration
 	ns, tap           string
@@ -94,7 +98,10 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		}
 	}()
 
-	r := results{queues: o.queues, iperfTime: o.iperfTime, ns: fmt.Sprintf("vmnet-demo-%d", os.Getpid())}
+	if o.steering == "" {
+		o.steering = "auto"
+	}
+	r := results{queues: o.queues, steering: o.steering, iperfTime: o.iperfTime, ns: fmt.Sprintf("vmnet-demo-%d", os.Getpid())}
 	if out, err := exec.CommandContext(ctx, "qemu-system-x86_64", "--version").Output(); err == nil {
 		r.qemu, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	}
@@ -122,9 +129,9 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	})
 
 	sock := filepath.Join(dir, "vhost-user.sock")
-	step("starting vmnet-helper vhost-user --socket %s --netns %s --queues %d", sock, r.ns, o.queues)
+	step("starting vmnet-helper vhost-user --socket %s --netns %s --queues %d --steering %s", sock, r.ns, o.queues, o.steering)
 	h, err = harness.StartHelper(ctx, helperBin, "vhost-user", "--socket", sock, "--netns", r.ns,
-		"--queues", strconv.Itoa(o.queues), "--tap", "vmnet%d")
+		"--queues", strconv.Itoa(o.queues), "--tap", "vmnet%d", "--steering", o.steering)
 	if err != nil {
 		return err
 	}
@@ -217,9 +224,17 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 
 // iperf runs one iperf3 client per vCPU, pinned to it, each against its own
 // server in the namespace, and adds up their results. XPS maps each vCPU to
-// its own TX queue, so each flow takes its own queue pair.
+// its own TX queue, and each flow's client port is chosen so that the
+// TAP's hash steering sends its frames back on that queue pair.
 func iperf(ctx context.Context, vm *guest.VM, ns string, o options, reverse bool) (harness.Iperf, error) {
 	var script strings.Builder
+	// Client ports: each flow its own, whose flow the helper's hash
+	// steering puts on pair i too (both directions hash alike); the two
+	// runs take ports of their own, the first run's being in TIME_WAIT.
+	cport := 40000
+	if reverse {
+		cport = 50000
+	}
 	for i := range o.queues {
 		port := firstPort + i
 		srv, err := harness.StartIperfServer(ctx, ns, hostAddr, port)
@@ -231,8 +246,9 @@ func iperf(ctx context.Context, vm *guest.VM, ns string, o options, reverse bool
 		if reverse {
 			flags = " -R"
 		}
-		fmt.Fprintf(&script, "taskset -c %d iperf3 -J -c %s -p %d -t %d%s > /tmp/iperf.%d 2>&1 &\n",
-			i, hostAddr, port, int(o.iperfTime.Seconds()), flags, i)
+		cport = spreadPort(i, o.queues, port, cport+1)
+		fmt.Fprintf(&script, "taskset -c %d iperf3 -J -c %s -p %d --cport %d -t %d%s > /tmp/iperf.%d 2>&1 &\n",
+			i, hostAddr, port, cport, int(o.iperfTime.Seconds()), flags, i)
 	}
 	script.WriteString("wait\nfor f in /tmp/iperf.*; do cat $f; echo __END__; done\n")
 	c, cancel := context.WithTimeout(ctx, 2*time.Minute+o.iperfTime)
@@ -265,7 +281,7 @@ func iperf(ctx context.Context, vm *guest.VM, ns string, o options, reverse bool
 // report prints the table.
 func report(w io.Writer, r results) {
 	fmt.Fprintf(w, "\nvmnet demo: a Linux guest under %s (TCG, %d vCPUs, booted in %s)\n", r.qemu, r.queues, r.boot.Round(100*time.Millisecond))
-	fmt.Fprintf(w, "with a vhost-user virtio-net NIC (%d queue pairs) served by vmnet-helper on TAP %s,\n", r.queues, r.tap)
+	fmt.Fprintf(w, "with a vhost-user virtio-net NIC (%d queue pairs, steering %s) served by vmnet-helper on TAP %s,\n", r.queues, r.steering, r.tap)
 	fmt.Fprintf(w, "in network namespace %s: host %s, guest %s; guest offloads on: %s\n\n",
 		r.ns, hostAddr, guestAddr, strings.Join(r.offloads, ", "))
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
@@ -283,4 +299,10 @@ func report(w io.Writer, r results) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nvhost-user messages from QEMU: %s\n", r.stats.MessageList())
+}
+
+// spreadPort is a client port from `from` up whose TCP flow from the guest
+// to the host's port vmnet's hash steering puts on queue pair q of queues.
+func spreadPort(q, queues, port, from int) int {
+	return int(ebpf.PortForQueue(q, queues, 6, netip.MustParseAddr(guestAddr), netip.MustParseAddr(hostAddr), uint16(port), uint16(from)))
 }

@@ -25,6 +25,7 @@ func main() {
 	flag.IntVar(&o.queues, "queues", 2, "queue pairs, and the guest's vCPUs (1 to 4)")
 	flag.DurationVar(&o.iperfTime, "time", 5*time.Second, "how long each iperf3 run lasts")
 	flag.BoolVar(&o.verbose, "v", false, "log the helper's and the guest's progress to stderr")
+	flag.StringVar(&o.steering, "steering", "auto", "the helper's --steering: auto, kernel or hash")
 	flag.Parse()
 	if flag.NArg() > 0 || o.queues < 1 || o.queues > 4 || o.iperfTime < time.Second {
 		flag.Usage()

@@ -5,6 +5,7 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	cebpf "github.com/cilium/ebpf"
 	"github.com/vishvananda/netns"
 	"github.com/vmnet-dev/vmnet/integration/harness"
 )
@@ -176,5 +178,32 @@ func InNetNS(t testing.TB, ns string, fn func() error) {
 	runtime.UnlockOSThread()
 	if ferr != nil {
 		t.Fatalf("in network namespace %s: %v", ns, ferr)
+	}
+}
+
+// SteeringPrograms lists the IDs of the loaded eBPF programs named like
+// vmnet's steering program (ebpf.LoadHashProgram): a TAP holding one
+// keeps it loaded after every process closed its descriptor.
+func SteeringPrograms(t testing.TB) map[uint32]bool {
+	t.Helper()
+	ids := map[uint32]bool{}
+	var id cebpf.ProgramID
+	for {
+		next, err := cebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return ids
+		}
+		if err != nil {
+			t.Fatalf("list eBPF programs: %v", err)
+		}
+		id = next
+		p, err := cebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if info, err := p.Info(); err == nil && info.Name == "vmnet_steer" {
+			ids[uint32(id)] = true
+		}
+		p.Close()
 	}
 }
