@@ -17,10 +17,10 @@ type LinkState struct {
 	Carrier bool
 }
 
-// WatchLink calls fn with the device's link state now, and again each
-// time the kernel announces a change to it (RTM_NEWLINK in the device's
-// namespace), until ctx ends. fn runs on the watching goroutine, one call
-// at a time. WatchLink returns once the subscription is in place, or an
+// WatchLink calls fn with the device's link state now, before it returns,
+// and again each time the kernel announces a change to it (RTM_NEWLINK in
+// the device's namespace), until ctx ends. Later calls run on the watching
+// goroutine, one at a time. WatchLink returns once the subscription is in place, or an
 // error naming the device if it cannot be made; it owns the netlink socket
 // it opens and closes it when ctx ends.
 func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
@@ -55,6 +55,7 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 		return d.opErr(-1, "subscribe to RTNLGRP_LINK", err)
 	}
 	last := LinkState{Up: info.Up, Carrier: info.Carrier}
+	fn(last)
 	go func() {
 		// The subscription's reader closes updates once done closes its
 		// socket; draining until then leaves no goroutine behind.
@@ -62,7 +63,6 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 			for range updates {
 			}
 		}()
-		fn(last)
 		for {
 			select {
 			case <-ctx.Done():

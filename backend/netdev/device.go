@@ -73,14 +73,15 @@ type Device struct {
 	ctrlCtr   ctrlCounters
 	stopWatch context.CancelFunc
 
-	mu      sync.Mutex
-	acked   virtio.Features
-	ackedOK bool
-	config  virtio.NetConfig
-	linkUp  bool       // the TAP is administratively up
-	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
-	ctrl    *ctrlQueue // the control queue's server, while it runs
-	rxMode  RXMode
+	mu          sync.Mutex
+	acked       virtio.Features
+	ackedOK     bool
+	config      virtio.NetConfig
+	linkUp      bool       // the TAP is administratively up
+	linkWatched bool       // linkUp holds the first state WatchLink reported
+	active      int        // queue pairs the driver uses: TAP queues attached while their rings run
+	ctrl        *ctrlQueue // the control queue's server, while it runs
+	rxMode      RXMode
 }
 
 // RXMode is what the driver asked of the receive filter with the CTRL_RX
@@ -175,6 +176,9 @@ func New(opts Options) (*Device, error) {
 		return nil, fmt.Errorf("new net device: %w", err)
 	}
 	d.stopWatch = cancel
+	d.mu.Lock()
+	d.linkWatched = true // the state WatchLink found is no change to announce
+	d.mu.Unlock()
 	return d, nil
 }
 
@@ -182,7 +186,7 @@ func New(opts Options) (*Device, error) {
 // driver if it changed.
 func (d *Device) linkChanged(st backend.LinkState) {
 	d.mu.Lock()
-	changed := d.linkUp != st.Up
+	changed := d.linkUp != st.Up && d.linkWatched
 	d.linkUp = st.Up
 	if st.Up {
 		d.config.Status |= virtio.LinkUp
