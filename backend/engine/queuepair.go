@@ -389,28 +389,3 @@ func add(c *atomic.Uint64, v uint64) {
 		c.Add(v)
 	}
 }
-
-// dropLog rate-limits the log lines of dropped frames: the first eight,
-// then every 1024th, at debug level. The drops themselves are counted.
-type dropLog struct {
-	log hclog.Logger
-	n   uint64
-}
-
-// next counts a drop and reports whether to log it, so that a caller can
-// skip building the error of a drop nobody will see.
-func (d *dropLog) next() bool {
-	d.n++
-	return (d.n <= 8 || d.n%1024 == 0) && d.log.IsDebug()
-}
-
-func (d *dropLog) emit(what string, err error) {
-	d.log.Debug(what, "error", err, "drops", d.n)
-}
-
-// drop counts a drop and logs it if next says so.
-func (d *dropLog) drop(what string, err error) {
-	if d.next() {
-		d.emit(what, err)
-	}
-}

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +34,7 @@ type rxState struct {
 	starved     bool // waiting for the driver to post buffers (kick armed)
 	broken      bool
 	gone        bool // the TAP file will never read again
-	drops       dropLog
+	drops       droplog.Limiter
 }
 
 // maxGSOFrame is the largest frame a GSO skb can be: 64 KiB of IP packet
@@ -42,7 +43,7 @@ const maxGSOFrame = 65535 + 14 + 4
 
 func (r *rxState) init(qp *QueuePair) {
 	r.qp = qp
-	r.drops.log = qp.log
+	r.drops.Log = qp.log
 	r.q = qp.cfg.RX
 	r.chains = make([]virtio.Chain, qp.cfg.RX.Size())
 	// Room for a few buffers per chain up front, so that the first pop
@@ -161,7 +162,7 @@ func (r *rxState) process() bool {
 		}
 		if err != nil {
 			kernel++
-			r.drops.drop("TAP read failed", err)
+			r.drops.Drop("TAP read failed", err)
 			continue
 		}
 		n += skip
@@ -173,7 +174,7 @@ func (r *rxState) process() bool {
 			// Too big for the guest's buffers: drop it and keep the
 			// chains for the next frame.
 			truncated++
-			r.drops.drop("frame larger than the guest's receive buffers", nil)
+			r.drops.Drop("frame larger than the guest's receive buffers", nil)
 			continue
 		}
 		pushed += r.deliver(n)
@@ -216,7 +217,7 @@ func (r *rxState) fill() (ok bool, bad uint64) {
 				r.breakRing(err)
 				return false, bad
 			}
-			r.drops.drop("malformed RX chain", err)
+			r.drops.Drop("malformed RX chain", err)
 			r.pushSlot(slot, 0)
 			bad++
 			continue
@@ -231,7 +232,7 @@ func (r *rxState) fill() (ok bool, bad uint64) {
 		if uint64(slot.WriteLen) < hdrLen {
 			// No room for even the header: virtio 1.2 §5.1.6.3.1 wants
 			// every receive buffer to hold at least the header.
-			r.drops.drop("RX chain smaller than the header", nil)
+			r.drops.Drop("RX chain smaller than the header", nil)
 			r.pushSlot(slot, 0)
 			bad++
 			continue

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
@@ -28,12 +29,12 @@ type txState struct {
 	poll    bool                    // the worker is busy polling
 	quiet   bool                    // kicks left off while polling
 	broken  bool                    // the ring is unusable until reset
-	drops   dropLog
+	drops   droplog.Limiter
 }
 
 func (t *txState) init(qp *QueuePair) {
 	t.qp = qp
-	t.drops.log = qp.log
+	t.drops.Log = qp.log
 	t.q = qp.cfg.TX
 	t.iov.v = make([]unix.Iovec, 0, 64)
 	t.small = make([]byte, virtio.HdrLenHash+copyBreak)
@@ -56,7 +57,7 @@ func (t *txState) process() bool {
 				break
 			}
 			badDesc++
-			t.drops.drop("malformed TX chain", err)
+			t.drops.Drop("malformed TX chain", err)
 			t.push(0)
 			pushed++
 			continue
@@ -84,8 +85,8 @@ func (t *txState) process() bool {
 		frameLen := int(t.chain.ReadLen) - hdrLen
 		if frameLen < minFrame {
 			badHdr++
-			if t.drops.next() {
-				t.drops.emit("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", t.chain.ReadLen, hdrLen))
+			if t.drops.Next() {
+				t.drops.Emit("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", t.chain.ReadLen, hdrLen))
 			}
 			t.push(0)
 			continue
@@ -93,7 +94,7 @@ func (t *txState) process() bool {
 		gather(t.hdr[:hdrLen], t.chain.Readable)
 		if err := qp.validateTX(&t.h, t.hdr[:hdrLen], frameLen); err != nil {
 			badHdr++
-			t.drops.drop("bad TX header", err)
+			t.drops.Drop("bad TX header", err)
 			t.push(0)
 			continue
 		}
@@ -119,10 +120,10 @@ func (t *txState) process() bool {
 			bytes += uint64(frameLen)
 		case isErrno(werr):
 			kernel++
-			t.drops.drop("TAP refused TX frame", werr)
+			t.drops.Drop("TAP refused TX frame", werr)
 		default:
 			softDrop++
-			t.drops.drop("TX software offload failed", werr)
+			t.drops.Drop("TX software offload failed", werr)
 		}
 		t.push(0)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/vmnet-dev/vmnet/backend/engine"
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -53,18 +54,20 @@ type ctrlQueue struct {
 	done  chan struct{}
 	chain virtio.Chain
 	buf   []byte
-	bad   dropLimiter
+	bad   droplog.Limiter
 }
 
-func startCtrl(d *Device, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) (*ctrlQueue, error) {
+func newCtrlQueue(d *Device, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) (*ctrlQueue, error) {
 	stop, err := engine.NewEventFD()
 	if err != nil {
 		return nil, fmt.Errorf("start control queue: %w", err)
 	}
+	log := d.log.Named("ctrl")
 	c := &ctrlQueue{
-		d: d, log: d.log.Named("ctrl"), q: q, kick: kick, call: call, stop: stop,
+		d: d, log: log, q: q, kick: kick, call: call, stop: stop,
 		done: make(chan struct{}),
 		buf:  make([]byte, 0, 256),
+		bad:  droplog.Limiter{Log: log},
 	}
 	go c.run()
 	return c, nil
@@ -123,7 +126,7 @@ func (c *ctrlQueue) process() {
 				break
 			}
 			ctr.badChains.Add(1)
-			c.bad.log(c.log, "malformed control chain", err)
+			c.bad.Drop("malformed control chain", err)
 			c.push(0)
 			pushed++
 			continue
@@ -140,7 +143,7 @@ func (c *ctrlQueue) process() {
 			// No room for the ack: the driver would wait forever for an
 			// answer it cannot get; give the chain back unanswered.
 			ctr.badChains.Add(1)
-			c.bad.log(c.log, "control chain without a writable byte", fmt.Errorf("%d readable bytes", c.chain.ReadLen))
+			c.bad.Drop("control chain without a writable byte", fmt.Errorf("%d readable bytes", c.chain.ReadLen))
 			c.push(0)
 			continue
 		}
@@ -148,7 +151,7 @@ func (c *ctrlQueue) process() {
 		if err := c.answer(); err != nil {
 			ack = virtio.CtrlErr
 			ctr.errors.Add(1)
-			c.bad.log(c.log, "control command refused", err)
+			c.bad.Drop("control command refused", err)
 		} else {
 			ctr.commands.Add(1)
 		}
@@ -187,18 +190,6 @@ func (c *ctrlQueue) push(written uint32) {
 	}
 }
 
-// dropLimiter rate-limits the log lines of refused commands and bad
-// chains, which a guest can send in a loop: the first eight, then every
-// 1024th, at debug level. They are counted regardless.
-type dropLimiter struct{ n uint64 }
-
-func (l *dropLimiter) log(log hclog.Logger, what string, err error) {
-	l.n++
-	if (l.n <= 8 || l.n%1024 == 0) && log.IsDebug() {
-		log.Debug(what, "error", err, "count", l.n)
-	}
-}
-
 // startCtrl serves the control queue. d.mu is held.
 func (d *Device) startCtrl(q virtio.Queue, kick *engine.EventFD, call engine.Notifier) error {
 	index := 2 * len(d.pairs)
@@ -212,7 +203,7 @@ func (d *Device) startCtrl(q virtio.Queue, kick *engine.EventFD, call engine.Not
 	case q == nil || kick == nil || call == nil:
 		return fmt.Errorf("start control queue %d: a queue, a kick eventfd and a call notifier are required", index)
 	}
-	c, err := startCtrl(d, q, kick, call)
+	c, err := newCtrlQueue(d, q, kick, call)
 	if err != nil {
 		return err
 	}
