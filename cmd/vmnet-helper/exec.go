@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,9 +42,10 @@ type childExit struct {
 func (e *childExit) Error() string { return fmt.Sprintf("%s exited with status %d", e.name, e.code) }
 
 type execOptions struct {
-	tap, bridge, netns, steering, offloads, mac, user, acl string
-	queues, vnetHdr, mtu                                   int
-	persist                                                bool
+	tap, bridge, netns, offloads, mac, user, acl string
+	steering                                     ebpf.Steering
+	queues, vnetHdr, mtu                         int
+	persist                                      bool
 }
 
 func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -55,7 +57,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&o.queues, "queues", 1, "queue pairs, one descriptor each (1 to 253)")
 	fs.StringVar(&o.bridge, "bridge", "", "bridge to attach the TAP to")
 	fs.StringVar(&o.netns, "netns", "", "network namespace for the TAP (refused when setuid)")
-	fs.StringVar(&o.steering, "steering", "kernel", "queue steering: kernel (tun's flow table) or hash (eBPF: a flow keeps its queue; needs CAP_BPF)")
+	fs.StringVar((*string)(&o.steering), "steering", string(ebpf.SteeringKernel), "queue steering: kernel (tun's flow table) or hash (eBPF: a flow keeps its queue; needs CAP_BPF)")
 	fs.StringVar(&o.offloads, "offloads", "none", "TUNSETOFFLOAD set before the hypervisor sets its own: none or csum,tso4,...")
 	fs.IntVar(&o.vnetHdr, "vnet-hdr", backend.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
 	fs.StringVar(&o.mac, "mac", "", "guest MAC for {mac}; default a random locally administered one")
@@ -235,7 +237,7 @@ func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
 			return 0, nil, usagef("exec: --netns: %v", err)
 		}
 	}
-	steering, err := parseSteering("exec", o.steering, false)
+	steering, err := parseSteering("exec", string(o.steering), false)
 	if err != nil {
 		return 0, nil, err
 	}

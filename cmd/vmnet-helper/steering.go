@@ -11,12 +11,12 @@ import (
 
 // steeringAuto is vhost-user's default: hash steering on a multi-queue
 // TAP, tun.c's own on a single queue or where the program cannot load.
-const steeringAuto = "auto"
+const steeringAuto ebpf.Steering = "auto"
 
 // parseSteering reads --steering; auto is accepted only where allowAuto.
-func parseSteering(cmd, s string, allowAuto bool) (string, error) {
-	if allowAuto && s == steeringAuto {
-		return s, nil
+func parseSteering(cmd, s string, allowAuto bool) (ebpf.Steering, error) {
+	if allowAuto && ebpf.Steering(s) == steeringAuto {
+		return steeringAuto, nil
 	}
 	st, err := ebpf.ParseSteering(s)
 	if err != nil {
@@ -26,7 +26,7 @@ func parseSteering(cmd, s string, allowAuto bool) (string, error) {
 		}
 		return "", usagef("%s: --steering %q: want %s", cmd, s, want)
 	}
-	return string(st), nil
+	return st, nil
 }
 
 // applySteering sets how dev spreads frames across its queues: the hash
@@ -34,16 +34,16 @@ func parseSteering(cmd, s string, allowAuto bool) (string, error) {
 // also detaches a program a persistent TAP kept from an earlier user. For
 // auto it falls back to the kernel's steering, with a warning, when the
 // program cannot be loaded for lack of privileges.
-func applySteering(dev *backend.Device, mode string, log hclog.Logger) error {
+func applySteering(dev *backend.Device, mode ebpf.Steering, log hclog.Logger) error {
 	if mode == steeringAuto {
-		mode = string(ebpf.SteeringKernel)
+		mode = ebpf.SteeringKernel
 		if dev.NumQueues() > 1 {
-			mode = string(ebpf.SteeringHash)
+			mode = ebpf.SteeringHash
 		}
 		err := setSteering(dev, mode)
 		if errors.Is(err, ebpf.ErrPermission) {
 			log.Warn("queue steering falls back to the kernel's: the eBPF program needs CAP_BPF", "error", err)
-			return setSteering(dev, string(ebpf.SteeringKernel))
+			return setSteering(dev, ebpf.SteeringKernel)
 		}
 		if err == nil {
 			log.Debug("queue steering", "steering", mode)
@@ -53,8 +53,8 @@ func applySteering(dev *backend.Device, mode string, log hclog.Logger) error {
 	return setSteering(dev, mode)
 }
 
-func setSteering(dev *backend.Device, mode string) error {
-	if ebpf.Steering(mode) != ebpf.SteeringHash {
+func setSteering(dev *backend.Device, mode ebpf.Steering) error {
+	if mode != ebpf.SteeringHash {
 		if err := dev.SetSteeringEBPF(-1); err != nil {
 			return fmt.Errorf("steering %s: %w", mode, err)
 		}

@@ -94,7 +94,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	if *single {
-		if steering != string(ebpf.SteeringKernel) {
+		if steering != ebpf.SteeringKernel {
 			return usagef("tap create: --steering %s needs a multi-queue TAP, not --single-queue", steering)
 		}
 		if opts.Queues != 1 {

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/backend/netdev"
+	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/vhostuser"
 )
@@ -43,6 +44,7 @@ type vhostUserConfig struct {
 	offer   offload.OfferList
 	logger  hclog.Logger
 	literal bool // --tap is a name, not a template
+	steer   ebpf.Steering
 }
 
 func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
@@ -58,7 +60,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.IntVar(&f.mtu, "mtu", 0, "MTU of the TAP, offered to the guest (68 to 65521; 0: the kernel's 1500, not offered)")
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
-	fs.StringVar(&f.steering, "steering", steeringAuto, "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
+	fs.StringVar(&f.steering, "steering", string(steeringAuto), "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
 	f.log.register(fs)
 	logger, err := parseCommand(fs, args, stderr, &f.log)
 	if err != nil {
@@ -92,7 +94,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	if c.offer, err = offload.ParseOfferList(f.offloads); err != nil {
 		return nil, usagef("vhost-user: --offloads: %v", err)
 	}
-	if c.steering, err = parseSteering("vhost-user", f.steering, true); err != nil {
+	if c.steer, err = parseSteering("vhost-user", f.steering, true); err != nil {
 		return nil, err
 	}
 	if f.netns != "" {
@@ -132,7 +134,7 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := tap.SetUp(true); err != nil {
 		return err
 	}
-	if err := applySteering(tap, c.steering, log); err != nil {
+	if err := applySteering(tap, c.steer, log); err != nil {
 		return err
 	}
 	dev, err := netdev.New(netdev.Options{TAP: tap, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll, Logger: log})
