@@ -107,9 +107,9 @@ func lookup(ns netns.NsHandle, name string) (Info, error) {
 		Group:          idOrUnset(t.Group),
 		MAC:            a.HardwareAddr,
 		MTU:            a.MTU,
-		Up:             a.Flags&net.FlagUp != 0,
-		Carrier:        a.OperState == netlink.OperUp || a.RawFlags&0x10000 != 0, // IFF_LOWER_UP
 	}
+	st := linkStateOf(a)
+	info.Up, info.Carrier = st.Up, st.Carrier
 	if t.Mode == netlink.TUNTAP_MODE_TAP {
 		info.Type = "tap"
 	}

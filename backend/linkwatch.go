@@ -30,10 +30,6 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 	if closed {
 		return d.opErr(-1, "watch link", net.ErrClosed)
 	}
-	info, err := lookup(ns, name)
-	if err != nil {
-		return err
-	}
 	updates := make(chan netlink.LinkUpdate, 16)
 	done := make(chan struct{})
 	var nsOpt = &ns
@@ -41,7 +37,7 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 		nsOpt = nil
 	}
 	errs := make(chan error, 1)
-	err = netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
 		Namespace: nsOpt,
 		ErrorCallback: func(err error) {
 			select {
@@ -53,6 +49,14 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 	if err != nil {
 		close(done)
 		return d.opErr(-1, "subscribe to RTNLGRP_LINK", err)
+	}
+	// Looked up once subscribed: a change in between comes as an update.
+	info, err := lookup(ns, name)
+	if err != nil {
+		close(done)
+		for range updates {
+		}
+		return err
 	}
 	last := LinkState{Up: info.Up, Carrier: info.Carrier}
 	fn(last)
@@ -81,10 +85,7 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 				if int(u.Index) != info.Index {
 					continue
 				}
-				st := LinkState{
-					Up:      u.Flags&unix.IFF_UP != 0,
-					Carrier: u.Flags&unix.IFF_LOWER_UP != 0,
-				}
+				st := linkStateOf(u.Link.Attrs())
 				if u.Header.Type == unix.RTM_DELLINK {
 					st = LinkState{}
 				}
@@ -96,6 +97,15 @@ func (d *Device) WatchLink(ctx context.Context, fn func(LinkState)) error {
 		}
 	}()
 	return nil
+}
+
+// linkStateOf reads the state from a link's attributes, as RTM_GETLINK
+// and RTM_NEWLINK report them.
+func linkStateOf(a *netlink.LinkAttrs) LinkState {
+	return LinkState{
+		Up:      a.Flags&net.FlagUp != 0,
+		Carrier: a.OperState == netlink.OperUp || a.RawFlags&unix.IFF_LOWER_UP != 0,
+	}
 }
 
 // String is "up, carrier" and the like, for logs.
