@@ -77,7 +77,7 @@ type benchTAP struct {
 	fd   int
 }
 
-func newBenchTAP(b *testing.B) *benchTAP {
+func newBenchTAP(b testing.TB) *benchTAP {
 	b.Helper()
 	testutil.RequireTUN(b)
 	ns := testutil.NetNS(b)

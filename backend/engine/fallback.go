@@ -71,12 +71,12 @@ func (s *softTX) init(cfg *Config) {
 // guest did not negotiate.
 var errNoScratch = errors.New("no segmentation scratch")
 
-// writeCsum writes the frame of t.chain, behind the header, with the
-// checksum its header asks for completed, and without the header.
-func (t *txState) writeCsum(frameLen int) error {
+// writeCsum writes the frame of chain, behind the header, with the
+// checksum its header (t.h) asks for completed, and without the header.
+func (t *txState) writeCsum(chain *virtio.Chain, frameLen int) error {
 	hdrLen := t.qp.cfg.HdrLen
 	s := &t.soft
-	s.bufs = appendAfter(s.bufs[:0], t.chain.Readable, hdrLen)
+	s.bufs = appendAfter(s.bufs[:0], chain.Readable, hdrLen)
 	off, c, err := offload.PartialCsumVec(s.bufs, &t.h)
 	if err != nil {
 		return err
@@ -90,10 +90,10 @@ func (t *txState) writeCsum(frameLen int) error {
 	return err
 }
 
-// writeSegments cuts the GSO frame of t.chain into segments with complete
-// checksums and writes each, behind a zero header if the TAP has one. It
-// returns how many it wrote.
-func (t *txState) writeSegments(frameLen int) (int, error) {
+// writeSegments cuts the GSO frame of chain (header t.h) into segments
+// with complete checksums and writes each, behind a zero header if the
+// TAP has one. It returns how many it wrote.
+func (t *txState) writeSegments(chain *virtio.Chain, frameLen int) (int, error) {
 	s := &t.soft
 	if s.frame == nil {
 		return 0, errNoScratch
@@ -103,7 +103,7 @@ func (t *txState) writeSegments(frameLen int) (int, error) {
 			frameLen, len(s.frame), offload.ErrUnsupported)
 	}
 	frame := s.frame[:frameLen]
-	gatherFrom(frame, t.chain.Readable, t.qp.cfg.HdrLen)
+	gatherFrom(frame, chain.Readable, t.qp.cfg.HdrLen)
 	slot := min(frameLen+8, int(t.h.GSOSize)+segHdrRoom)
 	n := min(len(s.segs), len(s.arena)/slot)
 	for i := range n {

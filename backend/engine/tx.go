@@ -14,30 +14,59 @@ import (
 const minFrame = 14
 
 // txState is the guest → TAP direction: pop a chain, copy its vnet header
-// out of guest memory, validate the copy, and writev the copy plus the
-// rest of the chain (still in guest memory) to the TAP in one frame.
+// out of guest memory, validate the copy, and write the copy plus the rest
+// of the chain (still in guest memory) to the TAP as one frame.
+//
+// Frames go in batches: the chains popped in one pass are written together
+// (through io_uring, one system call for the batch, where the kernel
+// allows) and only then returned to the driver, in the order popped.
 type txState struct {
 	qp      *QueuePair
 	q       virtio.Queue
-	chain   virtio.Chain
-	iov     iovecs
-	hdr     [virtio.HdrLenHash]byte // the header, read once
-	small   []byte                  // header and frame, for frames up to copyBreak
-	h       virtio.NetHdr           // hdr decoded
-	soft    softTX                  // the software fallbacks' scratch
-	pending bool                    // the ring may hold chains
-	poll    bool                    // the worker is busy polling
-	quiet   bool                    // kicks left off while polling
-	broken  bool                    // the ring is unusable until reset
+	frames  []txFrame // the batch; len is its largest size
+	n       int       // frames in the batch
+	res     []int32   // io_uring's results for the batch
+	tally   txTally   // this pass's counts
+	iov     iovecs    // the software fallbacks' writes
+	h       virtio.NetHdr
+	soft    softTX // the software fallbacks' scratch
+	pending bool   // the ring may hold chains
+	poll    bool   // the worker is busy polling
+	quiet   bool   // kicks left off while polling
+	broken  bool   // the ring is unusable until reset
 	drops   droplog.Limiter
 }
 
-func (t *txState) init(qp *QueuePair) {
+// txFrame is one chain of a batch, from pop until its write is done.
+type txFrame struct {
+	chain virtio.Chain
+	hdr   [virtio.HdrLenHash]byte // the header, read once
+	small []byte                  // room for a copy of header and frame
+	out   []byte                  // the copy in small, for frames up to copyBreak
+	iov   iovecs                  // else header copy and guest buffers
+	len   int                     // frame bytes, without the header
+	write bool                    // written by the batch (else returned unwritten)
+	res   int32                   // bytes written or -errno
+}
+
+// txTally counts one pass, added to the counters once at its end.
+type txTally struct {
+	packets, bytes, badHdr, badDesc, kernel, softCsum, softGSO, softSegs, softDrop uint64
+}
+
+func (t *txState) init(qp *QueuePair, batch int) {
 	t.qp = qp
 	t.drops.Log = qp.log
 	t.q = qp.cfg.TX
 	t.iov.v = make([]unix.Iovec, 0, 64)
-	t.small = make([]byte, virtio.HdrLenHash+copyBreak)
+	t.frames = make([]txFrame, batch)
+	small := make([]byte, batch*(virtio.HdrLenHash+copyBreak))
+	for i := range t.frames {
+		f := &t.frames[i]
+		f.small = small[i*(virtio.HdrLenHash+copyBreak) : (i+1)*(virtio.HdrLenHash+copyBreak)]
+		f.iov.v = make([]unix.Iovec, 0, 8)
+	}
+	t.res = make([]int32, batch)
 	t.soft.init(&qp.cfg)
 }
 
@@ -46,19 +75,20 @@ func (t *txState) init(qp *QueuePair) {
 func (t *txState) process() bool {
 	qp := t.qp
 	hdrLen := qp.cfg.HdrLen
-	var packets, bytes, badHdr, badDesc, kernel, softCsum, softGSO, softSegs, softDrop uint64
+	t.tally = txTally{}
 	pushed := 0
 	t.q.DisableNotify()
 	for pushed < qp.cfg.Budget {
-		ok, err := t.q.Pop(&t.chain)
+		f := &t.frames[t.n]
+		ok, err := t.q.Pop(&f.chain)
 		if err != nil {
 			if !errors.Is(err, virtio.ErrBadChain) {
 				t.breakRing(err)
 				break
 			}
-			badDesc++
+			t.tally.badDesc++
 			t.drops.Drop("malformed TX chain", err)
-			t.push(0)
+			t.skip(f)
 			pushed++
 			continue
 		}
@@ -72,8 +102,11 @@ func (t *txState) process() bool {
 				t.pending = false
 				break
 			}
-			// Empty: ask for a kick, then look once more so a chain added
-			// in between is not left waiting for one.
+			// Empty: write what is batched, so that the driver is not
+			// kept waiting for its buffers; then ask for a kick and look
+			// once more, so a chain added in between is not left
+			// waiting for one.
+			t.flush()
 			if t.q.EnableNotify() {
 				t.q.DisableNotify()
 				continue
@@ -82,68 +115,62 @@ func (t *txState) process() bool {
 			break
 		}
 		pushed++
-		frameLen := int(t.chain.ReadLen) - hdrLen
+		frameLen := int(f.chain.ReadLen) - hdrLen
 		if frameLen < minFrame {
-			badHdr++
+			t.tally.badHdr++
 			if t.drops.Next() {
-				t.drops.Emit("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", t.chain.ReadLen, hdrLen))
+				t.drops.Emit("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", f.chain.ReadLen, hdrLen))
 			}
-			t.push(0)
+			t.skip(f)
 			continue
 		}
-		gather(t.hdr[:hdrLen], t.chain.Readable)
-		if err := qp.validateTX(&t.h, t.hdr[:hdrLen], frameLen); err != nil {
-			badHdr++
+		gather(f.hdr[:hdrLen], f.chain.Readable)
+		if err := qp.validateTX(&t.h, f.hdr[:hdrLen], frameLen); err != nil {
+			t.tally.badHdr++
 			t.drops.Drop("bad TX header", err)
-			t.push(0)
+			t.skip(f)
 			continue
 		}
-		var werr error
-		switch t.soft.caps.Fallback(&t.h) {
-		case offload.FallbackNone:
-			_, werr = t.write(frameLen)
-		case offload.FallbackCsum:
-			if werr = t.writeCsum(frameLen); werr == nil {
-				softCsum++
-			}
-		case offload.FallbackSegment:
-			var n int
-			n, werr = t.writeSegments(frameLen)
-			softSegs += uint64(n)
-			if werr == nil {
-				softGSO++
-			}
+		if fb := t.soft.caps.Fallback(&t.h); fb != offload.FallbackNone {
+			// Rare (a TAP without the offload): the frames before it go
+			// first, then this one on its own.
+			t.flush()
+			t.writeSoft(f, fb, frameLen)
+			continue
 		}
-		switch {
-		case werr == nil:
-			packets++
-			bytes += uint64(frameLen)
-		case isErrno(werr):
-			kernel++
-			t.drops.Drop("TAP refused TX frame", werr)
-		default:
-			softDrop++
-			t.drops.Drop("TX software offload failed", werr)
-		}
-		t.push(0)
+		t.queue(f, frameLen)
 	}
+	t.flush()
 	if pushed > 0 {
 		qp.publish(t.q, qp.cfg.TXCall, &qp.ctr.TXInterrupts, "TX")
 	}
-	c := qp.ctr
-	if packets > 0 {
-		c.TXPackets.Add(packets)
-		c.TXBytes.Add(bytes)
+	c, n := qp.ctr, &t.tally
+	if n.packets > 0 {
+		c.TXPackets.Add(n.packets)
+		c.TXBytes.Add(n.bytes)
 		c.TXBatches.Add(1)
 	}
-	add(&c.TXDropBadHeader, badHdr)
-	add(&c.TXDropBadDescriptor, badDesc)
-	add(&c.TXDropKernel, kernel)
-	add(&c.TXSoftCsum, softCsum)
-	add(&c.TXSoftGSO, softGSO)
-	add(&c.TXSoftSegments, softSegs)
-	add(&c.TXDropSoftware, softDrop)
+	add(&c.TXDropBadHeader, n.badHdr)
+	add(&c.TXDropBadDescriptor, n.badDesc)
+	add(&c.TXDropKernel, n.kernel)
+	add(&c.TXSoftCsum, n.softCsum)
+	add(&c.TXSoftGSO, n.softGSO)
+	add(&c.TXSoftSegments, n.softSegs)
+	add(&c.TXDropSoftware, n.softDrop)
 	return pushed > 0
+}
+
+// skip adds f's chain to the batch to go back unwritten.
+func (t *txState) skip(f *txFrame) {
+	f.write = false
+	t.add()
+}
+
+// add takes the frame at t.n into the batch, writing the batch when full.
+func (t *txState) add() {
+	if t.n++; t.n == len(t.frames) {
+		t.flush()
+	}
 }
 
 // copyBreak is the largest frame written from a copy: write(2) of one
@@ -153,28 +180,156 @@ func (t *txState) process() bool {
 // Larger frames go from guest memory, without a copy.
 const copyBreak = 2048
 
-// write sends the frame of t.chain, behind the header copy if the TAP
-// takes one, as one write.
-func (t *txState) write(frameLen int) (int, error) {
+// queue adds the frame of f to the batch, behind the header copy if the
+// TAP takes one: copied whole when small, else as an iovec over the
+// header copy and guest memory.
+func (t *txState) queue(f *txFrame, frameLen int) {
 	hdrLen := t.qp.cfg.HdrLen
 	n := 0
 	if t.soft.caps.VnetHdr {
 		n = hdrLen
 	}
+	f.write, f.len = true, frameLen
 	if frameLen <= copyBreak {
-		b := t.small[:n+frameLen]
-		copy(b, t.hdr[:n])
-		gatherFrom(b[n:], t.chain.Readable, hdrLen)
-		return writeFd(t.qp.tapFd, b)
+		f.out = f.small[:n+frameLen]
+		copy(f.out, f.hdr[:n])
+		gatherFrom(f.out[n:], f.chain.Readable, hdrLen)
+	} else {
+		f.out = nil
+		f.iov.reset()
+		f.iov.addOne(f.hdr[:n])
+		f.iov.addAfter(f.chain.Readable, hdrLen)
 	}
-	t.iov.reset()
-	t.iov.addOne(t.hdr[:n])
-	t.iov.addAfter(t.chain.Readable, hdrLen)
-	return t.iov.writev(t.qp.tapFd)
+	t.add()
 }
 
-func (t *txState) push(written uint32) {
-	if err := t.q.Push(&t.chain, written); err != nil {
+// flush writes the batch, counts the results and returns every chain of
+// it to the driver, in the order popped.
+func (t *txState) flush() {
+	if t.n == 0 {
+		return
+	}
+	frames := t.frames[:t.n]
+	t.writeAll(frames)
+	for i := range frames {
+		f := &frames[i]
+		if f.write {
+			if f.res >= 0 {
+				t.tally.packets++
+				t.tally.bytes += uint64(f.len)
+			} else {
+				t.tally.kernel++
+				t.drops.Drop("TAP refused TX frame", unix.Errno(-f.res))
+			}
+		}
+		t.push(&f.chain, 0)
+	}
+	t.n = 0
+}
+
+// writeAll writes the frames of a batch: through the queue pair's
+// io_uring when there are two or more (one system call for all), else
+// with write(2) or writev(2).
+func (t *txState) writeAll(frames []txFrame) {
+	fd := t.qp.tapFd
+	ring := t.qp.ring
+	ops := 0
+	for i := range frames {
+		if frames[i].write {
+			ops++
+		}
+	}
+	if ring == nil || ops < 2 {
+		for i := range frames {
+			if f := &frames[i]; f.write {
+				f.res = f.writeNow(fd)
+			}
+		}
+		return
+	}
+	for i := range frames {
+		f := &frames[i]
+		switch {
+		case !f.write:
+		case f.out != nil:
+			ring.Write(fd, f.out)
+		default:
+			ring.Writev(fd, f.iov.v)
+		}
+	}
+	err := ring.Submit(t.res)
+	k := 0
+	unsupported := false
+	for i := range frames {
+		f := &frames[i]
+		if !f.write {
+			continue
+		}
+		f.res = t.res[k]
+		k++
+		// Not written at all: the ring failed, or cannot write this
+		// file without waiting. Write it the plain way.
+		if f.res == -int32(unix.ECANCELED) && err != nil || f.res == -int32(unix.EOPNOTSUPP) {
+			unsupported = unsupported || f.res == -int32(unix.EOPNOTSUPP)
+			f.res = f.writeNow(fd)
+		}
+	}
+	if err != nil {
+		t.qp.dropRing(err)
+	} else if unsupported {
+		t.qp.dropRing(errors.New("io_uring cannot write the TAP file without waiting (RWF_NOWAIT)"))
+	}
+}
+
+// writeNow writes f with one system call and returns the bytes written or
+// -errno.
+func (f *txFrame) writeNow(fd int) int32 {
+	var n int
+	var err error
+	if f.out != nil {
+		n, err = writeFd(fd, f.out)
+	} else {
+		n, err = f.iov.writev(fd)
+	}
+	if errno, ok := err.(unix.Errno); ok {
+		return -int32(errno)
+	}
+	return int32(n)
+}
+
+// writeSoft writes the frame of f (the next in the batch, the batch being
+// empty) through a software fallback, and returns its chain.
+func (t *txState) writeSoft(f *txFrame, fb offload.Fallback, frameLen int) {
+	var err error
+	switch fb {
+	case offload.FallbackCsum:
+		if err = t.writeCsum(&f.chain, frameLen); err == nil {
+			t.tally.softCsum++
+		}
+	case offload.FallbackSegment:
+		var n int
+		n, err = t.writeSegments(&f.chain, frameLen)
+		t.tally.softSegs += uint64(n)
+		if err == nil {
+			t.tally.softGSO++
+		}
+	}
+	switch {
+	case err == nil:
+		t.tally.packets++
+		t.tally.bytes += uint64(frameLen)
+	case isErrno(err):
+		t.tally.kernel++
+		t.drops.Drop("TAP refused TX frame", err)
+	default:
+		t.tally.softDrop++
+		t.drops.Drop("TX software offload failed", err)
+	}
+	t.push(&f.chain, 0)
+}
+
+func (t *txState) push(c *virtio.Chain, written uint32) {
+	if err := t.q.Push(c, written); err != nil {
 		// Only a bug in the engine gets here: the chain was popped.
 		t.breakRing(err)
 	}
