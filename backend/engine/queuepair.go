@@ -121,8 +121,28 @@ type QueuePair struct {
 
 	// ring batches the worker's TAP reads and writes; nil: one system
 	// call each. The worker owns it from Start until it returns.
-	ring      *uring.Ring
+	ring      batchRing
 	ringInUse atomic.Bool // ring != nil, for IOURing
+}
+
+// batchRing runs a batch of TAP reads or writes in one system call: an
+// io_uring (internal/uring), or a stand-in in tests.
+type batchRing interface {
+	Read(fd int, b []byte) bool
+	Readv(fd int, iov []unix.Iovec) bool
+	Write(fd int, b []byte) bool
+	Writev(fd int, iov []unix.Iovec) bool
+	Submit(res []int32) error
+	Close() error
+}
+
+// newBatchRing makes the ring of a starting queue pair.
+var newBatchRing = func(entries int) (batchRing, error) {
+	r, err := uring.New(entries)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // maxBatch bounds the frames one io_uring submission carries: past it the
@@ -190,7 +210,7 @@ func New(cfg Config) (*QueuePair, error) {
 	}
 	batch := min(cfg.Budget, maxBatch)
 	qp.tx.init(qp, batch)
-	qp.rx.init(qp)
+	qp.rx.init(qp, batch)
 	return qp, nil
 }
 
@@ -220,7 +240,7 @@ func (qp *QueuePair) Start() error {
 		for n < len(qp.tx.frames) {
 			n <<= 1
 		}
-		if qp.ring, err = uring.New(n); err != nil {
+		if qp.ring, err = newBatchRing(n); err != nil {
 			qp.ring = nil
 			qp.log.Debug("no io_uring: one system call per frame", "error", err)
 		}
