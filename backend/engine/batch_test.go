@@ -263,16 +263,22 @@ func withFakeRing(t *testing.T, f *fakeRing) {
 // closed; a ring that works carries whole batches.
 func TestBatchRingFallback(t *testing.T) {
 	for _, tc := range []struct {
-		name         string
-		refuse, fail bool
-		keepRing     bool
+		name                  string
+		refuse, fail, missAll bool
+		keepRing              bool
 	}{
-		{"works", false, false, true},
-		{"refuses", true, false, false},
-		{"fails", false, true, false},
+		{"works", false, false, false, true},
+		{"refuses", true, false, false, false},
+		{"fails", false, true, false, false},
+		// A ring whose reads find nothing where read(2) finds frames:
+		// slow, but every frame arrives and the worker does not spin.
+		{"misses every read", false, false, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeRing{refuse: tc.refuse, fail: tc.fail}
+			if tc.missAll {
+				f.miss = func(int, int) bool { return true }
+			}
 			withFakeRing(t, f)
 			r := newRig(t, rigOptions{size: 256, txSlot: 9100})
 			msgs, want := txBatchFrames(r.hdrLen)

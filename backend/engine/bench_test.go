@@ -29,6 +29,12 @@ import (
 // nothing per frame); each engine phase runs a new queue pair on the same
 // rings, started and stopped with the timer off.
 //
+// The raw loop makes one read(2) or write(2) per frame, the way a
+// hypervisor's TAP backend does. Each case runs the engine three ways
+// (engineModes): batching through io_uring, the default; the same with a
+// busy-poll window; and with one system call per frame (NoIOURing), which
+// shows how much of the engine's rate the batching brings.
+//
 // TX: the guest's frames go to a MAC address that is not the TAP's, so
 // the kernel drops them in ip_rcv (PACKET_OTHERHOST) at the same cost for
 // both loops. RX: an AF_PACKET socket in the TAP's namespace sends frames
@@ -219,10 +225,10 @@ type benchQP struct {
 	qp       *QueuePair
 	tx, rx   *benchRing
 	features virtio.Features
-	busy     time.Duration
+	mode     engineMode
 }
 
-func newBenchQP(b *testing.B, bt *benchTAP, features virtio.Features, txSlot, rxSlot int, size uint16, busy time.Duration) *benchQP {
+func newBenchQP(b *testing.B, bt *benchTAP, features virtio.Features, txSlot, rxSlot int, size uint16, mode engineMode) *benchQP {
 	var efds [4]*EventFD
 	for i := range efds {
 		e, err := NewEventFD()
@@ -232,7 +238,7 @@ func newBenchQP(b *testing.B, bt *benchTAP, features virtio.Features, txSlot, rx
 		b.Cleanup(func() { e.Close() })
 		efds[i] = e
 	}
-	bq := &benchQP{bt: bt, features: features, busy: busy}
+	bq := &benchQP{bt: bt, features: features, mode: mode}
 	bq.tx = newBenchRing(b, size, txSlot, efds[0], efds[1])
 	bq.rx = newBenchRing(b, size, rxSlot, efds[2], efds[3])
 	bq.rx.mrg = features.Has(virtio.NetFMrgRxbuf)
@@ -245,12 +251,15 @@ func (bq *benchQP) start(b *testing.B) {
 	var err error
 	bq.qp, err = New(Config{RX: bq.rx.queue(b), TX: bq.tx.queue(b), TXKick: bq.tx.kick, TXCall: bq.tx.call,
 		RXKick: bq.rx.kick, RXCall: bq.rx.call, TAP: bq.bt.file, HdrLen: virtio.HdrLenFor(bq.features),
-		Features: bq.features, BusyPoll: bq.busy})
+		Features: bq.features, BusyPoll: bq.mode.busy, NoIOURing: bq.mode.noRing})
 	if err != nil {
 		b.Fatal(err)
 	}
 	if err := bq.qp.Start(); err != nil {
 		b.Fatal(err)
+	}
+	if !bq.mode.noRing && !bq.qp.IOURing() {
+		testutil.Skip(b, "no io_uring on this kernel: the %s rows would measure system calls", bq.mode.name)
 	}
 }
 
@@ -323,18 +332,32 @@ func report(b *testing.B, c benchCase, n int, engine, raw time.Duration, rawN in
 	b.ReportMetric(e/r, "ratio")
 }
 
-var busyPolls = []time.Duration{0, 50 * time.Microsecond}
+// engineMode is how the engine runs in a benchmark row: batching TAP
+// reads and writes through io_uring (the default), the same with a busy
+// poll window, or one system call per frame (Config.NoIOURing), the last
+// to show what io_uring brings.
+type engineMode struct {
+	name   string
+	busy   time.Duration
+	noRing bool
+}
+
+var engineModes = []engineMode{
+	{"iouring", 0, false},
+	{"iouring+busypoll=50µs", 50 * time.Microsecond, false},
+	{"syscalls", 0, true},
+}
 
 func BenchmarkTAPTX(b *testing.B) {
 	bt := newBenchTAP(b)
 	for _, c := range benchCases {
-		for _, busy := range busyPolls {
-			b.Run(fmt.Sprintf("%s/busypoll=%v", c.name, busy), func(b *testing.B) { benchTX(b, bt, c, busy) })
+		for _, m := range engineModes {
+			b.Run(c.name+"/"+m.name, func(b *testing.B) { benchTX(b, bt, c, m) })
 		}
 	}
 }
 
-func benchTX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
+func benchTX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	h, frame := benchFrame(c)
@@ -344,7 +367,7 @@ func benchTX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	if c.gso {
 		size = 256
 	}
-	bq := newBenchQP(b, bt, features, len(msg), 64, size, busy)
+	bq := newBenchQP(b, bt, features, len(msg), 64, size, mode)
 	for range size {
 		if _, err := bq.tx.g.PostTX(msg); err != nil {
 			b.Fatal(err)
@@ -473,13 +496,13 @@ func startSource(b *testing.B, bt *benchTAP, c benchCase) (check func()) {
 func BenchmarkTAPRX(b *testing.B) {
 	bt := newBenchTAP(b)
 	for _, c := range benchCases {
-		for _, busy := range busyPolls {
-			b.Run(fmt.Sprintf("%s/busypoll=%v", c.name, busy), func(b *testing.B) { benchRX(b, bt, c, busy) })
+		for _, m := range engineModes {
+			b.Run(c.name+"/"+m.name, func(b *testing.B) { benchRX(b, bt, c, m) })
 		}
 	}
 }
 
-func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
+func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
@@ -496,7 +519,7 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, busy time.Duration) {
 	}
 	copy(frame, guestMAC)
 	checkSource := startSource(b, bt, c)
-	bq := newBenchQP(b, bt, features, 64, rxSlot, size, busy)
+	bq := newBenchQP(b, bt, features, 64, rxSlot, size, mode)
 	for range size {
 		if _, err := bq.rx.g.PostRX(rxSlot); err != nil {
 			b.Fatal(err)
@@ -554,8 +577,8 @@ func BenchmarkTAPLatency(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, busy := range busyPolls {
-		b.Run(fmt.Sprintf("busypoll=%v", busy), func(b *testing.B) { benchLatency(b, bt, mac, busy) })
+	for _, m := range engineModes {
+		b.Run(m.name, func(b *testing.B) { benchLatency(b, bt, mac, m) })
 	}
 }
 
@@ -571,12 +594,12 @@ func echoRequest(tapMAC net.HardwareAddr) []byte {
 	return b
 }
 
-func benchLatency(b *testing.B, bt *benchTAP, tapMAC net.HardwareAddr, busy time.Duration) {
+func benchLatency(b *testing.B, bt *benchTAP, tapMAC net.HardwareAddr, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
 	req := withHdr(virtio.NetHdr{}, virtio.HdrLenV1, echoRequest(tapMAC))
-	bq := newBenchQP(b, bt, features, len(req), 2048, 256, busy)
+	bq := newBenchQP(b, bt, features, len(req), 2048, 256, mode)
 	txID, err := bq.tx.g.PostTX(req)
 	if err != nil {
 		b.Fatal(err)

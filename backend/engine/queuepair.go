@@ -242,7 +242,7 @@ func (qp *QueuePair) Start() error {
 		}
 		if qp.ring, err = newBatchRing(n); err != nil {
 			qp.ring = nil
-			qp.log.Debug("no io_uring: one system call per frame", "error", err)
+			qp.log.Info("no io_uring: one TAP read or write per system call", "error", err)
 		}
 	}
 	qp.ringInUse.Store(qp.ring != nil)

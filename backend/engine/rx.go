@@ -35,6 +35,7 @@ type rxState struct {
 	biov  []iovecs // each read's buffers
 	res   []int32  // their results
 	batch int      // reads in the next batch: twice the frames the last one got
+	check bool     // a batch found nothing: the next read is read(2)
 
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
@@ -123,7 +124,7 @@ func (r *rxState) process() bool {
 			}
 			break
 		}
-		if r.qp.ring != nil {
+		if r.qp.ring != nil && !r.check {
 			k, bad := r.bigRun(min(r.batch, qp.cfg.Budget-int(packets+truncated)))
 			badDesc += bad
 			pushed += int(bad)
@@ -144,6 +145,7 @@ func (r *rxState) process() bool {
 				continue
 			}
 		}
+		r.check = false
 		r.iov.reset()
 		readCap := r.capacity
 		// Without a vnet header on the TAP the frame goes behind the
@@ -415,6 +417,16 @@ func (r *rxState) readBatch(k int) (got rxBatch) {
 		delivered++
 		got.packets++
 		got.bytes += uint64(n - hdrLen)
+	}
+	if delivered == 0 && got.stop && !r.gone {
+		// Every read found nothing, yet the worker came because the TAP
+		// was readable (or the guest posted buffers): one read(2) makes
+		// sure. Should io_uring ever answer EAGAIN where read(2) gets a
+		// frame, the worker still moves a frame per wake-up rather
+		// than spin on a readable TAP.
+		r.check = true
+		r.tapReadable = true
+		got.stop = false
 	}
 	// After EAGAIN the worker sleeps: the TAP's file is watched
 	// level-triggered, so a frame that came since wakes it at once.
