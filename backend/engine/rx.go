@@ -113,7 +113,9 @@ func (r *rxState) process() bool {
 	hdrLen := qp.cfg.HdrLen
 	var packets, bytes, truncated, kernel, badDesc uint64
 	pushed := 0
-	for packets+truncated < uint64(qp.cfg.Budget) {
+	// Frames dropped count against the budget too: a TAP that only
+	// fails reads still lets the worker turn to TX.
+	for packets+truncated+kernel < uint64(qp.cfg.Budget) {
 		ok, bad := r.fill()
 		badDesc += bad
 		pushed += int(bad)
@@ -125,7 +127,7 @@ func (r *rxState) process() bool {
 			break
 		}
 		if r.qp.ring != nil && !r.check {
-			k, bad := r.bigRun(min(r.batch, qp.cfg.Budget-int(packets+truncated)))
+			k, bad := r.bigRun(min(r.batch, qp.cfg.Budget-int(packets+truncated+kernel)))
 			badDesc += bad
 			pushed += int(bad)
 			if r.broken {
@@ -228,7 +230,7 @@ func (r *rxState) process() bool {
 	add(&c.RXDropTruncated, truncated)
 	add(&c.RXDropKernel, kernel)
 	add(&c.RXDropBadDescriptor, badDesc)
-	return packets+truncated+badDesc > 0
+	return packets+truncated+kernel+badDesc > 0
 }
 
 // fill pops chains until the pending ones can take the largest frame, or

@@ -3,6 +3,7 @@ package uring
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/vmnet-dev/vmnet/internal/testutil"
@@ -67,6 +68,7 @@ func TestWritesArriveInOrder(t *testing.T) {
 	if err := r.Submit(res); err != nil {
 		t.Fatal(err)
 	}
+	runtime.KeepAlive(vecs) // the ring holds their addresses, not references
 	if r.Len() != 0 {
 		t.Fatalf("Len after Submit: got %d, want 0", r.Len())
 	}

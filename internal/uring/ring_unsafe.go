@@ -128,7 +128,8 @@ func (r *Ring) Len() int { return r.n }
 // Write prepares write(fd, b), Read read(fd, b), Writev writev(fd, iov),
 // Readv readv(fd, iov). Each reports false, preparing nothing, when the
 // batch is full (Len == Cap). The memory of b or iov and of the buffers
-// iov points to must stay put until Submit returns.
+// iov points to must stay reachable until Submit returns: the ring holds
+// their addresses, which the garbage collector does not see.
 func (r *Ring) Write(fd int, b []byte) bool {
 	return r.prep(ioringOpWrite, fd, unsafe.Pointer(unsafe.SliceData(b)), len(b))
 }
