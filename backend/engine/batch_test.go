@@ -120,9 +120,15 @@ func TestRXBatch(t *testing.T) {
 		{"mergeable mtu", virtio.FVersion1 | virtio.NetFMrgRxbuf, 2048, []int{60, 1514, 1518, 100}, 3000},
 		{"big buffers", virtio.FVersion1 | virtio.NetFGuestCsum | virtio.NetFGuestTSO4, 65550 + 12,
 			[]int{60, 65550, 1514, 30000}, 0},
-		// Chains smaller than the largest frame: one read at a time.
+		// Chains smaller than the largest frame: one read at a time for
+		// large frames ...
 		{"mergeable gso", virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.NetFGuestCsum | virtio.NetFGuestTSO4, 4096,
 			[]int{60, 65550, 1514, 9000}, 0},
+		// ... bounce batches for small ones, a large one now and then
+		// copied out of its bounce buffer.
+		{"mergeable gso small frames", virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.NetFGuestCsum | virtio.NetFGuestTSO4, 2048,
+			[]int{60, 1514, 100, 2036, 300, 60, 1000, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 9000, 60, 60,
+				60, 60, 60, 60, 60, 60, 60, 60, 65550, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60}, 0},
 	} {
 		for _, m := range ioModes {
 			for _, packed := range []bool{false, true} {
@@ -136,6 +142,7 @@ func TestRXBatch(t *testing.T) {
 					if tc.rxSlot > 4096 || tc.features.Has(virtio.NetFGuestTSO4) {
 						n = 40 // keep the socket's 4 MiB for big frames
 					}
+					n = max(n, len(tc.sizes))
 					for i := range n {
 						f := frame(tc.sizes[i%len(tc.sizes)], i)
 						if tc.tooBig != 0 && i%7 == 3 {
@@ -368,5 +375,69 @@ func TestRXBatchReadRace(t *testing.T) {
 				t.Fatalf("after restart: got %d frames", len(got))
 			}
 		})
+	}
+}
+
+// Small mergeable chains with a receive offload (a Linux guest's
+// default): once small frames come in a row, reads go in batches with
+// bounce buffers. A frame that spills out of its chain is copied with the
+// rest of its batch into the chains from the first free one on; a frame
+// read in a batch that then finds too few buffers is dropped and counted;
+// a read that finds nothing while a later one gets a frame leaves no gap.
+func TestRXBounceBatch(t *testing.T) {
+	const small, big = 200, 30000
+	var sizes []int
+	for range smallStreak {
+		sizes = append(sizes, small) // read one at a time: the streak
+	}
+	// The first bounce batch: a spill first, two more large frames,
+	// small ones; the third large frame finds the guest's buffers gone.
+	sizes = append(sizes, big, big, big, small, small, small, small, small)
+	// A new streak, then a batch whose second read finds nothing.
+	for range 2 * smallStreak {
+		sizes = append(sizes, small)
+	}
+	f := &fakeRing{miss: func(submit, op int) bool { return submit == 2 && op == 1 }}
+	withFakeRing(t, f)
+	r := newRig(t, rigOptions{size: 128, rxSlot: 2048,
+		features: virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.NetFGuestCsum | virtio.NetFGuestTSO4})
+	for i, n := range sizes {
+		r.writePeer(frame(n, i))
+	}
+	// 45 buffers: 8 for the streak, 30 for two large frames, 5 for the
+	// small frames of the batch: too few for the third large one.
+	r.postRX(45, 2048)
+	waitFor(t, func() bool { return r.qp.Counters().RXDropNoBuffers.Load() == 1 }, "rx_drop_no_buffers=1")
+	r.postRX(64, 2048)
+	var want [][]byte
+	for i, n := range sizes {
+		if i != smallStreak+2 {
+			want = append(want, frame(n, i))
+		}
+	}
+	got := r.reapFrames(len(want), 3*time.Second)
+	if len(got) != len(want) {
+		t.Fatalf("got %d frames, want %d (counters %s)", len(got), len(want), r.qp.Counters().Snapshot())
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("frame %d: got %d bytes (seq %d), want %d bytes (seq %d)", i, len(got[i]), seqOf(got[i]), len(want[i]), seqOf(want[i]))
+		}
+	}
+	if submits, most, _ := f.stats(); submits < 2 || most < 8 {
+		t.Errorf("%d batches of at most %d reads, want two bounce batches of 8", submits, most)
+	}
+	s := r.qp.Counters().Snapshot()
+	if s.RXDropTruncated+s.RXDropKernel != 0 || s.RXDropNoBuffers != 1 {
+		t.Errorf("counters %s: want rx_drop_no_buffers=1 and no other drop", s)
+	}
+	if err := r.qp.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if extra := r.rx.Reap(); len(extra) != 0 {
+		t.Errorf("Stop returned %d unfilled buffers as used, want 0", len(extra))
+	}
+	if err := r.qp.Start(); err != nil {
+		t.Fatal(err)
 	}
 }

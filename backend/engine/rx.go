@@ -30,12 +30,14 @@ type rxState struct {
 	maxFrame  uint64 // vnet header plus the largest frame the guest may receive
 	noVnet    bool   // the TAP has no vnet header: the engine writes a zero one
 
-	// Batched reads (io_uring): chains that each hold the largest frame
-	// get one read apiece, many per system call.
-	biov  []iovecs // each read's buffers
-	res   []int32  // their results
-	batch int      // reads in the next batch: twice the frames the last one got
-	check bool     // a batch found nothing: the next read is read(2)
+	// Batched reads (io_uring, rxbatch.go).
+	biov   []iovecs // each read's buffers
+	res    []int32  // their results
+	bcap   []uint64 // each read's chain's bytes
+	bounce [][]byte // behind small mergeable chains (initBounce)
+	batch  int      // reads in the next batch: twice the frames the last one got
+	check  bool     // a batch found nothing: the next read is read(2)
+	small  int      // frames in a row that fit one chain
 
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
@@ -55,6 +57,7 @@ func (r *rxState) init(qp *QueuePair, batch int) {
 		r.biov[i].v = make([]unix.Iovec, 0, 4)
 	}
 	r.res = make([]int32, batch)
+	r.bcap = make([]uint64, batch)
 	r.batch = batch
 	r.drops.Log = qp.log
 	r.q = qp.cfg.RX
@@ -77,6 +80,7 @@ func (r *rxState) init(qp *QueuePair, batch int) {
 	}
 	r.maxFrame = uint64(qp.cfg.HdrLen) + frame
 	r.spill = make([]byte, virtio.HdrLenHash+maxGSOFrame)
+	r.initBounce(batch)
 }
 
 // at returns the i-th pending chain. The ring of pending chains wraps
@@ -111,7 +115,7 @@ func (r *rxState) kicked() {
 func (r *rxState) process() bool {
 	qp := r.qp
 	hdrLen := qp.cfg.HdrLen
-	var packets, bytes, truncated, kernel, badDesc uint64
+	var packets, bytes, truncated, kernel, badDesc, noBufs uint64
 	pushed := 0
 	// Frames dropped count against the budget too: a TAP that only
 	// fails reads still lets the worker turn to TX.
@@ -127,19 +131,18 @@ func (r *rxState) process() bool {
 			break
 		}
 		if r.qp.ring != nil && !r.check {
-			k, bad := r.bigRun(min(r.batch, qp.cfg.Budget-int(packets+truncated+kernel)))
-			badDesc += bad
-			pushed += int(bad)
+			got, ran := r.tryBatch(qp.cfg.Budget - int(packets+truncated+kernel))
+			badDesc += got.bad
+			pushed += got.pushed
+			packets += got.packets
+			bytes += got.bytes
+			truncated += got.truncated
+			kernel += got.kernel
+			noBufs += got.noBufs
 			if r.broken {
 				break
 			}
-			if k >= 2 {
-				got := r.readBatch(k)
-				packets += got.packets
-				bytes += got.bytes
-				truncated += got.truncated
-				kernel += got.kernel
-				pushed += int(got.packets)
+			if ran {
 				r.batch = min(max(2*int(got.packets), 2), len(r.res))
 				if got.stop {
 					break
@@ -214,7 +217,13 @@ func (r *rxState) process() bool {
 			r.drops.Drop("frame larger than the guest's receive buffers", nil)
 			continue
 		}
-		pushed += r.deliver(n)
+		used := r.deliver(n)
+		pushed += used
+		if used == 1 {
+			r.small++
+		} else {
+			r.small = 0
+		}
 		packets++
 		bytes += uint64(n - hdrLen)
 	}
@@ -228,6 +237,7 @@ func (r *rxState) process() bool {
 		c.RXBatches.Add(1)
 	}
 	add(&c.RXDropTruncated, truncated)
+	add(&c.RXDropNoBuffers, noBufs)
 	add(&c.RXDropKernel, kernel)
 	add(&c.RXDropBadDescriptor, badDesc)
 	return packets+truncated+kernel+badDesc > 0
@@ -277,162 +287,6 @@ func (r *rxState) fill() (ok bool, bad uint64) {
 		r.count++
 		r.capacity += uint64(slot.WriteLen)
 	}
-}
-
-// big reports whether chain c alone holds the largest frame the guest may
-// get with room to spare, so that a read that fills it is a frame larger
-// than negotiated (see process).
-func (r *rxState) big(c *virtio.Chain) bool {
-	return uint64(c.WriteLen) > r.maxFrame
-}
-
-// bigRun pops chains until want are pending or one popped is not big, and
-// returns how many pending chains from the first are big, at most want,
-// and how many malformed chains it returned to the driver.
-func (r *rxState) bigRun(want int) (k int, bad uint64) {
-	for k < r.count && k < want && r.big(r.at(k)) {
-		k++
-	}
-	if k < r.count {
-		return k, 0
-	}
-	for r.count < want && r.count < len(r.chains) {
-		slot := r.at(r.count)
-		got, err := r.q.Pop(slot)
-		if err != nil {
-			if !errors.Is(err, virtio.ErrBadChain) {
-				r.breakRing(err)
-				return 0, bad
-			}
-			r.drops.Drop("malformed RX chain", err)
-			r.pushSlot(slot, 0)
-			bad++
-			continue
-		}
-		// Out of chains: read with those there are; fill asks for a
-		// kick when none are left.
-		if !got {
-			break
-		}
-		if uint64(slot.WriteLen) < uint64(r.qp.cfg.HdrLen) {
-			r.drops.Drop("RX chain smaller than the header", nil)
-			r.pushSlot(slot, 0)
-			bad++
-			continue
-		}
-		r.count++
-		r.capacity += uint64(slot.WriteLen)
-		if !r.big(slot) {
-			break
-		}
-		k++
-	}
-	return k, bad
-}
-
-// rxBatch is what one batch of reads got.
-type rxBatch struct {
-	packets, bytes, truncated, kernel uint64
-	stop                              bool // the TAP is empty or gone
-}
-
-// readBatch reads into the first k pending chains, all big, one read
-// each in one io_uring submission, and delivers the frames in the order
-// read. A read that got nothing (EAGAIN) leaves its chain pending; should a
-// later read of the batch get a frame after all (one arrived in between),
-// that frame is copied into the first chain left, so that the chains
-// delivered are always the first pending ones and release can give the
-// rest back in order.
-func (r *rxState) readBatch(k int) (got rxBatch) {
-	qp := r.qp
-	hdrLen := qp.cfg.HdrLen
-	skip := 0
-	if r.noVnet {
-		skip = hdrLen
-	}
-	for i := range k {
-		c := r.at(i)
-		if w := c.Writable; len(w) == 1 {
-			qp.ring.Read(qp.tapFd, w[0][skip:])
-			continue
-		}
-		io := &r.biov[i]
-		io.reset()
-		io.addAfter(c.Writable, skip)
-		qp.ring.Readv(qp.tapFd, io.v)
-	}
-	err := qp.ring.Submit(r.res)
-	if err != nil {
-		qp.dropRing(err)
-	}
-	delivered := 0
-	for i := range k {
-		res := r.res[i]
-		if res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.ECANCELED) && err != nil {
-			// Nothing was read: the plain reads take over.
-			if qp.ring != nil {
-				qp.dropRing(errors.New("io_uring cannot read the TAP file without waiting (RWF_NOWAIT)"))
-			}
-			continue
-		}
-		if res == -int32(unix.EAGAIN) {
-			r.tapReadable = false
-			got.stop = true
-			continue
-		}
-		if res == -int32(unix.EBADFD) || res == 0 {
-			r.gone = true
-			r.tapReadable = false
-			got.stop = true
-			qp.log.Warn("TAP queue gone, not reading it any more", "error", unix.Errno(-res))
-			continue
-		}
-		if res < 0 {
-			got.kernel++
-			r.drops.Drop("TAP read failed", unix.Errno(-res))
-			continue
-		}
-		n := int(res) + skip
-		pos := i - delivered // the chain's place among those pending now
-		c := r.at(pos)
-		switch {
-		case n < hdrLen:
-			got.kernel++
-			continue
-		case uint64(n) >= uint64(c.WriteLen):
-			got.truncated++
-			r.drops.Drop("frame larger than the guest's receive buffers", nil)
-			continue
-		}
-		if pos != 0 {
-			// Rare: an earlier read of the batch got nothing.
-			if uint64(n) >= uint64(r.chains[r.head].WriteLen) {
-				got.truncated++
-				r.drops.Drop("frame larger than the guest's receive buffers", nil)
-				continue
-			}
-			b := r.spill[:n]
-			gatherFrom(b, c.Writable, 0)
-			scatterPut(r.chains[r.head].Writable, 0, b)
-		}
-		r.deliver(n)
-		delivered++
-		got.packets++
-		got.bytes += uint64(n - hdrLen)
-	}
-	if delivered == 0 && got.stop && !r.gone {
-		// Every read found nothing, yet the worker came because the TAP
-		// was readable (or the guest posted buffers): one read(2) makes
-		// sure. Should io_uring ever answer EAGAIN where read(2) gets a
-		// frame, the worker still moves a frame per wake-up rather
-		// than spin on a readable TAP.
-		r.check = true
-		r.tapReadable = true
-		got.stop = false
-	}
-	// After EAGAIN the worker sleeps: the TAP's file is watched
-	// level-triggered, so a frame that came since wakes it at once.
-	return got
 }
 
 // deliver returns the chains holding an n-byte read (header included) to
