@@ -191,13 +191,7 @@ func (r *rxState) process() bool {
 			break
 		}
 		if err == unix.EBADFD || err == nil && n == 0 {
-			// The device is gone (tun.c tun_detach_all: the file reads
-			// EBADFD and polls EPOLLERR for good), or the other end of
-			// a socket closed. Stop watching the file, or its error
-			// would wake the worker forever.
-			r.gone = true
-			r.tapReadable = false
-			qp.log.Warn("TAP queue gone, not reading it any more", "error", err)
+			r.markGone(err)
 			break
 		}
 		if err != nil {
@@ -346,6 +340,18 @@ func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
 		// 1.2 §5.1.6.4.1); tun still sets DATA_VALID for checksums the
 		// stack verified.
 		scatterPut(c.Writable, 0, []byte{0})
+	}
+}
+
+// markGone stops reading a TAP file that will never read again: the
+// device is gone (tun.c tun_detach_all: the file reads EBADFD and polls
+// EPOLLERR for good), or the other end of a socket closed. The worker
+// stops watching the file, or its error would wake it forever.
+func (r *rxState) markGone(err error) {
+	r.tapReadable = false
+	if !r.gone {
+		r.gone = true
+		r.qp.log.Warn("TAP queue gone, not reading it any more", "error", err)
 	}
 }
 

@@ -200,10 +200,12 @@ func (r *rxState) readBatch(k int, bounce bool, got *rxBatch) {
 			continue
 		}
 		if res == -int32(unix.EBADFD) || res == 0 {
-			r.gone = true
-			r.tapReadable = false
+			var err error // a socket's end: read returns 0
+			if res < 0 {
+				err = unix.Errno(-res)
+			}
+			r.markGone(err)
 			got.stop = true
-			qp.log.Warn("TAP queue gone, not reading it any more", "error", unix.Errno(-res))
 			continue
 		}
 		if res < 0 {
