@@ -40,6 +40,11 @@ type Options struct {
 	// BusyPoll is each queue pair's busy-poll window (engine.Config).
 	BusyPoll time.Duration
 
+	// NoIOURing makes each queue pair read and write its TAP queue one
+	// system call per frame (engine.Config.NoIOURing). The zero value
+	// batches them through io_uring where the kernel allows.
+	NoIOURing bool
+
 	// ControlQueue makes the device serve its control virtqueue (number
 	// 2×Pairs) itself, as an embedding VMM needs: it then offers CTRL_VQ,
 	// CTRL_RX, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS and GUEST_ANNOUNCE, uses
@@ -357,18 +362,19 @@ func (d *Device) startPair(i int) error {
 		return fmt.Errorf("start queue pair %d: %w", i, err)
 	}
 	qp, err := engine.New(engine.Config{
-		Index:    i,
-		RX:       p.q[0].q,
-		TX:       p.q[1].q,
-		RXKick:   p.q[0].kick,
-		TXKick:   p.q[1].kick,
-		RXCall:   p.q[0].call,
-		TXCall:   p.q[1].call,
-		TAP:      tq.File(),
-		HdrLen:   virtio.HdrLenFor(d.acked),
-		Features: d.acked,
-		MTU:      d.opts.MTU,
-		BusyPoll: d.opts.BusyPoll,
+		Index:     i,
+		RX:        p.q[0].q,
+		TX:        p.q[1].q,
+		RXKick:    p.q[0].kick,
+		TXKick:    p.q[1].kick,
+		RXCall:    p.q[0].call,
+		TXCall:    p.q[1].call,
+		TAP:       tq.File(),
+		HdrLen:    virtio.HdrLenFor(d.acked),
+		Features:  d.acked,
+		MTU:       d.opts.MTU,
+		BusyPoll:  d.opts.BusyPoll,
+		NoIOURing: d.opts.NoIOURing,
 		// USO frames the kernel cannot take (before Linux 6.2) are
 		// segmented in software, as Offer promised.
 		NoUSO:    !d.txCaps.USO,

@@ -25,7 +25,7 @@ commands:
         offloads the kernel supports
 
   vhost-user --socket PATH [--client] [--tap NAME|TEMPLATE] [--queues N] [--netns NAME]
-             [--persist] [--mac ADDR] [--mtu N] [--offloads auto|none|LIST] [--busy-poll DUR]
+             [--persist] [--mac ADDR] [--mtu N] [--offloads auto|none|LIST] [--busy-poll DUR] [--io-uring=false]
              [--steering auto|kernel|hash]
         serve a vhost-user-net device backed by a multi-queue TAP until SIGINT or
         SIGTERM; prints the TAP's name; SIGUSR1 prints per-queue counters to stderr

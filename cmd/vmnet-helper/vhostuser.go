@@ -32,6 +32,7 @@ type vhostUserFlags struct {
 	mtu      int
 	offloads string
 	busyPoll time.Duration
+	ioURing  bool
 	steering string
 	log      logFlags
 }
@@ -60,6 +61,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.IntVar(&f.mtu, "mtu", 0, "MTU of the TAP, offered to the guest (68 to 65521; 0: the kernel's 1500, not offered)")
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
+	fs.BoolVar(&f.ioURing, "io-uring", true, "batch TAP reads and writes through io_uring where the kernel allows (false: one system call per frame)")
 	fs.StringVar(&f.steering, "steering", string(steeringAuto), "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
 	f.log.register(fs)
 	logger, err := parseCommand(fs, args, stderr, &f.log)
@@ -137,7 +139,8 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := applySteering(tap, c.steer, log); err != nil {
 		return err
 	}
-	dev, err := netdev.New(netdev.Options{TAP: tap, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll, Logger: log})
+	dev, err := netdev.New(netdev.Options{TAP: tap, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll,
+		NoIOURing: !c.ioURing, Logger: log})
 	if err != nil {
 		return err
 	}

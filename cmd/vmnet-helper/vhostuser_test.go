@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -33,5 +34,30 @@ func TestVhostUserBadArguments(t *testing.T) {
 				t.Errorf("got %v, want a usage error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// --io-uring defaults to on and turns off with --io-uring=false; what is
+// not a boolean is a usage error.
+func TestVhostUserIOURingFlag(t *testing.T) {
+	sock := t.TempDir() + "/vu.sock"
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--io-uring=false"}, false},
+		{[]string{"--io-uring"}, true},
+	} {
+		c, err := parseVhostUser(append([]string{"--socket", sock}, tc.args...), io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.ioURing != tc.want {
+			t.Errorf("%v: io-uring %v, want %v", tc.args, c.ioURing, tc.want)
+		}
+	}
+	if _, err := parseVhostUser([]string{"--socket", sock, "--io-uring=maybe"}, io.Discard); err == nil {
+		t.Error("--io-uring=maybe: got no error")
 	}
 }
