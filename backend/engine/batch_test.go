@@ -184,6 +184,7 @@ type fakeRing struct {
 	miss    func(submit, op int) bool // reads to answer EAGAIN without reading
 	submits int                       // Submits with operations
 	most    int                       // the most operations in one
+	sizes   []int                     // the operations of each
 	closed  bool
 }
 
@@ -210,6 +211,7 @@ func (f *fakeRing) Submit(res []int32) error {
 	f.mu.Lock()
 	f.submits++
 	f.most = max(f.most, len(ops))
+	f.sizes = append(f.sizes, len(ops))
 	sub := f.submits
 	f.mu.Unlock()
 	if f.fail {
@@ -447,5 +449,33 @@ func TestRXBounceBatch(t *testing.T) {
 	}
 	if err := r.qp.Start(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The reads of a batch follow the traffic: twice the frames the last
+// batch got, so a lone frame costs two reads, not a budget's worth of
+// reads that find nothing.
+func TestRXBatchSizeFollowsTraffic(t *testing.T) {
+	f := &fakeRing{}
+	withFakeRing(t, f)
+	r := newRig(t, rigOptions{size: 256})
+	r.postRX(int(r.rx.Size()), 2048)
+	for i := range 10 {
+		r.writePeer(frame(100, i))
+		if got := r.reapFrames(1, 2*time.Second); len(got) != 1 || !bytes.Equal(got[0], frame(100, i)) {
+			t.Fatalf("frame %d did not arrive", i)
+		}
+	}
+	f.mu.Lock()
+	sizes := append([]int(nil), f.sizes...)
+	f.mu.Unlock()
+	if len(sizes) < 10 {
+		t.Fatalf("%d batches for 10 frames, want one each at least", len(sizes))
+	}
+	// The first batch may be a budget's worth; after a frame, two.
+	for i, n := range sizes[1:] {
+		if n > 2 {
+			t.Errorf("batch %d: %d reads after batches of one frame, want 2 (all: %v)", i+1, n, sizes)
+		}
 	}
 }

@@ -131,7 +131,7 @@ func (r *rxState) process() bool {
 			break
 		}
 		if r.qp.ring != nil && !r.check {
-			got, ran := r.tryBatch(qp.cfg.Budget - int(packets+truncated+kernel))
+			got, ran := r.tryBatch(min(r.batch, qp.cfg.Budget-int(packets+truncated+kernel)))
 			badDesc += got.bad
 			pushed += got.pushed
 			packets += got.packets
