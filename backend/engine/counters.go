@@ -22,6 +22,7 @@ type Counters struct {
 	RXDropTruncated     atomic.Uint64 // a frame larger than the guest's buffers
 	RXDropKernel        atomic.Uint64 // a read error other than "no frame"
 	RXDropNoBuffers     atomic.Uint64 // a frame read in a batch that then found too few guest buffers for it
+	MemoryFaults        atomic.Uint64 // the worker faulted on guest memory and stopped (ErrMemoryFault)
 
 	TXSoftCsum     atomic.Uint64 // frames whose partial checksum the engine completed (Config.NoVnetHdr)
 	TXSoftGSO      atomic.Uint64 // GSO frames the engine segmented (Config.NoVnetHdr, Config.NoUSO)
@@ -44,7 +45,7 @@ type Snapshot struct {
 	TXPackets, TXBytes, RXPackets, RXBytes                      uint64
 	TXDropBadHeader, TXDropBadDescriptor, TXDropKernel          uint64
 	RXDropBadDescriptor, RXDropTruncated, RXDropKernel          uint64
-	RXDropNoBuffers                                             uint64
+	RXDropNoBuffers, MemoryFaults                               uint64
 	TXSoftCsum, TXSoftGSO, TXSoftSegments, TXDropSoftware       uint64
 	RXWaitBuffers, TXKicks, RXKicks, TXInterrupts, RXInterrupts uint64
 	TXBatches, RXBatches, BrokenRings, Wakeups                  uint64
@@ -58,8 +59,8 @@ func (c *Counters) Snapshot() Snapshot {
 		TXDropBadHeader: c.TXDropBadHeader.Load(), TXDropBadDescriptor: c.TXDropBadDescriptor.Load(),
 		TXDropKernel: c.TXDropKernel.Load(), RXDropBadDescriptor: c.RXDropBadDescriptor.Load(),
 		RXDropTruncated: c.RXDropTruncated.Load(), RXDropKernel: c.RXDropKernel.Load(),
-		RXDropNoBuffers: c.RXDropNoBuffers.Load(),
-		TXSoftCsum:      c.TXSoftCsum.Load(), TXSoftGSO: c.TXSoftGSO.Load(),
+		RXDropNoBuffers: c.RXDropNoBuffers.Load(), MemoryFaults: c.MemoryFaults.Load(),
+		TXSoftCsum: c.TXSoftCsum.Load(), TXSoftGSO: c.TXSoftGSO.Load(),
 		TXSoftSegments: c.TXSoftSegments.Load(), TXDropSoftware: c.TXDropSoftware.Load(),
 		RXWaitBuffers: c.RXWaitBuffers.Load(), TXKicks: c.TXKicks.Load(), RXKicks: c.RXKicks.Load(),
 		TXInterrupts: c.TXInterrupts.Load(), RXInterrupts: c.RXInterrupts.Load(),
@@ -79,7 +80,7 @@ func (s Snapshot) String() string {
 		{"tx_drop_bad_header", s.TXDropBadHeader}, {"tx_drop_bad_descriptor", s.TXDropBadDescriptor},
 		{"tx_drop_kernel", s.TXDropKernel}, {"rx_drop_bad_descriptor", s.RXDropBadDescriptor},
 		{"rx_drop_truncated", s.RXDropTruncated}, {"rx_drop_kernel", s.RXDropKernel},
-		{"rx_drop_no_buffers", s.RXDropNoBuffers},
+		{"rx_drop_no_buffers", s.RXDropNoBuffers}, {"memory_faults", s.MemoryFaults},
 		{"tx_soft_csum", s.TXSoftCsum}, {"tx_soft_gso", s.TXSoftGSO},
 		{"tx_soft_segments", s.TXSoftSegments}, {"tx_drop_software", s.TXDropSoftware},
 		{"rx_wait_buffers", s.RXWaitBuffers}, {"tx_kicks", s.TXKicks}, {"rx_kicks", s.RXKicks},

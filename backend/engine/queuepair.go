@@ -250,7 +250,7 @@ func (qp *QueuePair) Start() error {
 	qp.done = make(chan error, 1)
 	qp.running = true
 	go func() {
-		err := qp.run(p)
+		err := qp.runGuarded(p)
 		if qp.ring != nil {
 			qp.ring.Close()
 		}

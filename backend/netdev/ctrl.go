@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/internal/droplog"
+	"github.com/vmnet-dev/vmnet/internal/memfault"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -30,14 +31,16 @@ type CtrlStats struct {
 	Errors    uint64 // commands answered VIRTIO_NET_ERR (unknown, not negotiated, malformed, failed)
 	BadChains uint64 // chains returned unanswered: malformed, or no byte for the ack
 	Kicks     uint64
+	Faults    uint64 // guest memory faults that stopped the queue until reset
 }
 
 type ctrlCounters struct {
-	commands, errors, badChains, kicks atomic.Uint64
+	commands, errors, badChains, kicks, faults atomic.Uint64
 }
 
 func (c *ctrlCounters) snapshot() CtrlStats {
-	return CtrlStats{Commands: c.commands.Load(), Errors: c.errors.Load(), BadChains: c.badChains.Load(), Kicks: c.kicks.Load()}
+	return CtrlStats{Commands: c.commands.Load(), Errors: c.errors.Load(), BadChains: c.badChains.Load(),
+		Kicks: c.kicks.Load(), Faults: c.faults.Load()}
 }
 
 // ctrlQueue serves the control virtqueue (virtio 1.2 §5.1.6.5) in a
@@ -85,6 +88,17 @@ func (c *ctrlQueue) halt() {
 
 func (c *ctrlQueue) run() {
 	defer close(c.done)
+	// The guest memory under the ring may go (a front-end that shrinks
+	// its file): the queue then stops, not the process. Commands copy
+	// their bytes out before they take the device's lock, so a fault
+	// never leaves it held.
+	if err := memfault.Guard(c.serve); err != nil {
+		c.d.ctrlCtr.faults.Add(1)
+		c.log.Error("control queue stopped until the device is reset", "error", err)
+	}
+}
+
+func (c *ctrlQueue) serve() error {
 	// Commands may have been posted before the kick was wired.
 	c.process()
 	fds := []unix.PollFd{{Fd: int32(c.kick.Fd()), Events: unix.POLLIN}, {Fd: int32(c.stop.Fd()), Events: unix.POLLIN}}
@@ -95,14 +109,14 @@ func (c *ctrlQueue) run() {
 				continue
 			}
 			c.log.Error("control queue stopped", "error", err)
-			return
+			return nil
 		}
 		if fds[1].Revents != 0 {
-			return
+			return nil
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
 			c.log.Error("control queue stopped: kick eventfd unusable", "revents", fds[0].Revents)
-			return
+			return nil
 		}
 		c.kick.Drain()
 		c.d.ctrlCtr.kicks.Add(1)

@@ -31,12 +31,12 @@ func (c Counters) Sub(earlier Counters) Counters {
 }
 
 // Drops is the sum of the counters that say a frame was lost or refused
-// (the *_drop_* family and broken_rings), with their names.
+// (the *_drop_* family, broken_rings and memory_faults), with their names.
 func (c Counters) Drops() (uint64, string) {
 	var n uint64
 	var names []string
 	for k, v := range c {
-		if v != 0 && (strings.Contains(k, "_drop_") || k == "broken_rings") {
+		if v != 0 && (strings.Contains(k, "_drop_") || k == "broken_rings" || k == "memory_faults") {
 			n += v
 			names = append(names, fmt.Sprintf("%s=%d", k, v))
 		}

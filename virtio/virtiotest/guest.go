@@ -49,6 +49,9 @@ type Options struct {
 	// StartIdx starts the split ring's avail and used indices there, as a
 	// resumed ring would, to reach 16-bit wraparound quickly.
 	StartIdx uint16
+	// Alloc returns the guest's memory, n bytes, zeroed: a mapping of a
+	// file, say, that a test can then take away. nil means Go memory.
+	Alloc func(n int) ([]byte, error)
 }
 
 // Used is one used buffer reaped from the ring.
@@ -157,7 +160,18 @@ func NewGuest(size uint16, packed bool, opts Options) (*Guest, error) {
 	off = align(g.scratchEnd, 64)
 	g.slotOff, g.slotSize = off, uint64(opts.SlotSize)
 	off += n * g.slotSize
-	g.buf = make([]byte, off)
+	if opts.Alloc != nil {
+		b, err := opts.Alloc(int(off))
+		if err != nil {
+			return nil, fmt.Errorf("create guest: allocate %d bytes: %w", off, err)
+		}
+		if uint64(len(b)) < off {
+			return nil, fmt.Errorf("create guest: allocated %d bytes, want %d", len(b), off)
+		}
+		g.buf = b[:off]
+	} else {
+		g.buf = make([]byte, off)
+	}
 
 	borders := []uint64{0}
 	for k := 1; k < opts.Regions; k++ {
