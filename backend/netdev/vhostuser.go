@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
+	"github.com/vmnet-dev/vmnet/internal/memfault"
 	"github.com/vmnet-dev/vmnet/vhostuser"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
@@ -85,14 +86,19 @@ func (b *vhostUserBackend) SendRARP(mac net.HardwareAddr) error {
 
 func (b *vhostUserBackend) StartQueue(index int, s vhostuser.QueueSetup) error {
 	var q virtio.Queue
-	var err error
-	if s.Packed {
-		q, err = virtio.NewPackedQueue(s.Memory, virtio.PackedConfig{Size: s.Size, DescAddr: s.DescAddr,
-			DriverAddr: s.AvailAddr, DeviceAddr: s.UsedAddr, EventIdx: s.EventIdx, NextAvail: s.NextAvail, NextUsed: s.NextUsed})
-	} else {
-		q, err = virtio.NewSplitQueue(s.Memory, virtio.SplitConfig{Size: s.Size, DescAddr: s.DescAddr,
-			AvailAddr: s.AvailAddr, UsedAddr: s.UsedAddr, EventIdx: s.EventIdx, NextAvail: s.NextAvail, NextUsed: s.NextUsed})
-	}
+	// A split ring set up from scratch reads its used index from guest
+	// memory, which a front-end may have shrunk away (internal/memfault).
+	err := memfault.Guard(func() error {
+		var err error
+		if s.Packed {
+			q, err = virtio.NewPackedQueue(s.Memory, virtio.PackedConfig{Size: s.Size, DescAddr: s.DescAddr,
+				DriverAddr: s.AvailAddr, DeviceAddr: s.UsedAddr, EventIdx: s.EventIdx, NextAvail: s.NextAvail, NextUsed: s.NextUsed})
+		} else {
+			q, err = virtio.NewSplitQueue(s.Memory, virtio.SplitConfig{Size: s.Size, DescAddr: s.DescAddr,
+				AvailAddr: s.AvailAddr, UsedAddr: s.UsedAddr, EventIdx: s.EventIdx, NextAvail: s.NextAvail, NextUsed: s.NextUsed})
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("start queue %d: %w", index, err)
 	}
