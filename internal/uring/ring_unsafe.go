@@ -169,9 +169,10 @@ func (r *Ring) prep(op uint8, fd int, addr unsafe.Pointer, n int) bool {
 // (-EAGAIN: nothing to read, or no room to write, at that moment;
 // -EOPNOTSUPP: the file or kernel cannot do it without waiting, nothing
 // was done). res must have room for Len results. An error means the ring
-// itself failed: the results of the operations it names as not submitted
-// are -ECANCELED, and a ring whose operations could not be waited for
-// refuses further batches.
+// itself failed: operations not submitted read -ECANCELED, and so do those
+// it could not wait for (then the ring refuses further batches; with
+// RWF_NOWAIT on every operation that wait is never needed, so this is a
+// kernel's failure, and such an operation may yet be carried out).
 func (r *Ring) Submit(res []int32) error {
 	n := r.n
 	if n == 0 {
@@ -182,6 +183,11 @@ func (r *Ring) Submit(res []int32) error {
 	}
 	if len(res) < n {
 		return fmt.Errorf("submit %d io_uring operations: room for %d results", n, len(res))
+	}
+	// An operation without a completion reads as cancelled, never as a
+	// result left from an earlier batch.
+	for i := range n {
+		res[i] = -int32(unix.ECANCELED)
 	}
 	atomic.StoreUint32(r.sqTail, r.tail)
 	submitted := 0
@@ -201,9 +207,6 @@ func (r *Ring) Submit(res []int32) error {
 			// queue only inside io_uring_enter.
 			r.tail -= uint32(n - submitted)
 			atomic.StoreUint32(r.sqTail, r.tail)
-			for i := submitted; i < n; i++ {
-				res[i] = -int32(unix.ECANCELED)
-			}
 			break
 		}
 		submitted += int(k)
