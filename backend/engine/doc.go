@@ -1,6 +1,8 @@
 // Package engine is vmnet's data path: a QueuePair moves frames between one
 // guest queue pair (an RX and a TX virtqueue in guest memory) and one TAP
-// queue file, without copying them. The guest's vnet header passes through:
+// queue file, without copying them (but for TX frames of at most copyBreak
+// bytes, and RX frames that spill out of a bounce batch: see
+// docs/architecture.md). The guest's vnet header passes through:
 // the TAP's vnet header size equals the guest's header size. Where the TAP
 // cannot take an offload the guest was offered (a file without vnet
 // header, a kernel without USO), the engine completes checksums and
@@ -8,8 +10,10 @@
 //
 // It is handed guest memory and virtqueues (virtio.Queue), kick eventfds,
 // call notifiers and a TAP file, by vhost-user or by an embedding VMM
-// alike, and never learns which. It owns one worker goroutine and one
-// epoll instance per running queue pair, and nothing else: the queues,
+// alike, and never learns which. It owns one worker goroutine, one epoll
+// instance and one io_uring (its TAP reads and writes go in batches, one
+// system call each) per running queue pair, and nothing else: the queues,
 // eventfds and TAP file stay the caller's. It never logs per packet; it
-// counts.
+// counts. A fault on guest memory (a front-end that shrank its file)
+// stops that queue pair, not the process.
 package engine
