@@ -259,6 +259,32 @@ func (qp *QueuePair) Start() error {
 	return nil
 }
 
+// submit runs the batch prepared on the ring; res gets one result per
+// operation. An operation notDone reports on was not carried out, and the
+// caller does it the plain way: the ring failed, or cannot read or write
+// the TAP file without waiting (RWF_NOWAIT). Either way the ring is
+// dropped for good.
+func (qp *QueuePair) submit(res []int32) {
+	err := qp.ring.Submit(res)
+	if err == nil {
+		for _, v := range res {
+			if v == -int32(unix.EOPNOTSUPP) {
+				err = errors.New("io_uring cannot read or write the TAP file without waiting (RWF_NOWAIT)")
+				break
+			}
+		}
+	}
+	if err != nil {
+		qp.dropRing(err)
+	}
+}
+
+// notDone reports whether a result of submit is an operation not carried
+// out. tun answers neither errno to a read or write of its own.
+func notDone(res int32) bool {
+	return res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.ECANCELED)
+}
+
 // dropRing stops using the io_uring for good, the kernel or the file
 // having refused it.
 func (qp *QueuePair) dropRing(err error) {

@@ -39,6 +39,8 @@ type rxState struct {
 	check  bool     // a batch found nothing: the next read is read(2)
 	small  int      // frames in a row that fit one chain
 
+	tally rxTally // this pass's counts
+
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
 	broken      bool
@@ -110,43 +112,35 @@ func (r *rxState) kicked() {
 	r.tapReadable = true
 }
 
+// rxTally counts one pass, added to the counters once at its end.
+type rxTally struct {
+	packets, bytes, truncated, kernel, noBufs, badDesc uint64
+	pushed                                             int // chains returned to the driver
+}
+
 // process delivers up to Budget frames and reports whether it delivered
 // any.
 func (r *rxState) process() bool {
 	qp := r.qp
 	hdrLen := qp.cfg.HdrLen
-	var packets, bytes, truncated, kernel, badDesc, noBufs uint64
-	pushed := 0
+	r.tally = rxTally{}
+	t := &r.tally
 	// Frames dropped count against the budget too: a TAP that only
 	// fails reads still lets the worker turn to TX.
-	for packets+truncated+kernel < uint64(qp.cfg.Budget) {
-		ok, bad := r.fill()
-		badDesc += bad
-		pushed += int(bad)
-		if !ok {
+	for left := qp.cfg.Budget; left > 0; left = qp.cfg.Budget - int(t.packets+t.truncated+t.kernel) {
+		if !r.fill() {
 			if !r.broken {
 				r.starved = true
 				qp.ctr.RXWaitBuffers.Add(1)
 			}
 			break
 		}
-		if r.qp.ring != nil && !r.check {
-			got, ran := r.tryBatch(min(r.batch, qp.cfg.Budget-int(packets+truncated+kernel)))
-			badDesc += got.bad
-			pushed += got.pushed
-			packets += got.packets
-			bytes += got.bytes
-			truncated += got.truncated
-			kernel += got.kernel
-			noBufs += got.noBufs
-			if r.broken {
+		if qp.ring != nil && !r.check {
+			ran := r.tryBatch(min(r.batch, left))
+			if r.broken || ran && !r.tapReadable {
 				break
 			}
 			if ran {
-				r.batch = min(max(2*int(got.packets), 2), len(r.res))
-				if got.stop {
-					break
-				}
 				continue
 			}
 		}
@@ -186,105 +180,144 @@ func (r *rxState) process() bool {
 			r.iov.addOne(r.spill)
 			n, err = r.iov.readv(qp.tapFd)
 		}
-		if err == unix.EAGAIN {
-			r.tapReadable = false
-			break
-		}
-		if err == unix.EBADFD || err == nil && n == 0 {
-			r.markGone(err)
-			break
-		}
-		if err != nil {
-			kernel++
-			r.drops.Drop("TAP read failed", err)
-			continue
-		}
-		n += skip
-		if n < hdrLen {
-			kernel++
+		n, ok := r.result(n, err)
+		if !ok {
+			if !r.tapReadable {
+				break
+			}
 			continue
 		}
 		if uint64(n) > readCap || single && uint64(n) == readCap {
 			// Too big for the guest's buffers: drop it and keep the
 			// chains for the next frame.
-			truncated++
-			r.drops.Drop("frame larger than the guest's receive buffers", nil)
+			r.tooBig()
 			continue
 		}
-		used := r.deliver(n)
-		pushed += used
-		if used == 1 {
+		if used := r.deliver(n); used == 1 {
 			r.small++
 		} else {
 			r.small = 0
 		}
-		packets++
-		bytes += uint64(n - hdrLen)
 	}
-	if pushed > 0 {
+	if t.pushed > 0 {
 		qp.publish(r.q, qp.cfg.RXCall, &qp.ctr.RXInterrupts, "RX")
 	}
 	c := qp.ctr
-	if packets > 0 {
-		c.RXPackets.Add(packets)
-		c.RXBytes.Add(bytes)
+	if t.packets > 0 {
+		c.RXPackets.Add(t.packets)
+		c.RXBytes.Add(t.bytes)
 		c.RXBatches.Add(1)
 	}
-	add(&c.RXDropTruncated, truncated)
-	add(&c.RXDropNoBuffers, noBufs)
-	add(&c.RXDropKernel, kernel)
-	add(&c.RXDropBadDescriptor, badDesc)
-	return packets+truncated+kernel+badDesc > 0
+	add(&c.RXDropTruncated, t.truncated)
+	add(&c.RXDropNoBuffers, t.noBufs)
+	add(&c.RXDropKernel, t.kernel)
+	add(&c.RXDropBadDescriptor, t.badDesc)
+	return t.packets+t.truncated+t.kernel+t.badDesc > 0
+}
+
+// result sorts out what a read of the TAP gave: n bytes, or err. It
+// returns the frame's length with the header's place (Config.NoVnetHdr)
+// and whether there is a frame. Without one, the TAP is either empty or
+// gone (tapReadable is then false) or the read failed (counted).
+func (r *rxState) result(n int, err error) (int, bool) {
+	switch {
+	case err == unix.EAGAIN:
+		r.tapReadable = false
+		return 0, false
+	case err == unix.EBADFD || err == nil && n == 0:
+		r.markGone(err)
+		return 0, false
+	case err != nil:
+		r.tally.kernel++
+		r.drops.Drop("TAP read failed", err)
+		return 0, false
+	}
+	if r.noVnet {
+		n += r.qp.cfg.HdrLen
+	}
+	if n < r.qp.cfg.HdrLen {
+		r.tally.kernel++
+		return 0, false
+	}
+	return n, true
+}
+
+// tooBig drops a frame larger than the guest's buffers can take.
+func (r *rxState) tooBig() {
+	r.tally.truncated++
+	r.drops.Drop("frame larger than the guest's receive buffers", nil)
 }
 
 // fill pops chains until the pending ones can take the largest frame, or
-// the driver has no more. It returns whether a read may go ahead, and how
-// many malformed chains it returned to the driver.
-func (r *rxState) fill() (ok bool, bad uint64) {
-	hdrLen := uint64(r.qp.cfg.HdrLen)
+// the driver has no more. It returns whether a read may go ahead.
+func (r *rxState) fill() bool {
 	for {
 		if r.count > 0 && (!r.mrg || r.capacity >= r.maxFrame) {
-			return true, bad
+			return true
 		}
 		if r.count == len(r.chains) {
 			// The driver gave every buffer the ring holds: read with
 			// them, however few bytes they add up to.
-			return true, bad
+			return true
 		}
+		if r.popOne() != nil {
+			continue
+		}
+		if r.broken {
+			return false
+		}
+		// Empty: ask for a kick, then look once more, so that a chain
+		// posted in between is not left waiting for one.
+		if r.q.EnableNotify() {
+			r.q.DisableNotify()
+			continue
+		}
+		return false
+	}
+}
+
+// popOne pops one chain into the pending ring and returns it, or nil when
+// the ring has none (or broke). Malformed chains and chains too small for
+// the header go back to the driver, counted.
+func (r *rxState) popOne() *virtio.Chain {
+	for {
 		slot := r.at(r.count)
-		got, err := r.q.Pop(slot)
+		ok, err := r.q.Pop(slot)
 		if err != nil {
 			if !errors.Is(err, virtio.ErrBadChain) {
 				r.breakRing(err)
-				return false, bad
+				return nil
 			}
 			r.drops.Drop("malformed RX chain", err)
-			r.pushSlot(slot, 0)
-			bad++
+			r.badChain(slot)
 			continue
 		}
-		if !got {
-			if r.q.EnableNotify() {
-				r.q.DisableNotify()
-				continue
-			}
-			return false, bad
+		if !ok {
+			return nil
 		}
-		if uint64(slot.WriteLen) < hdrLen {
+		if slot.WriteLen < uint32(r.qp.cfg.HdrLen) {
 			// No room for even the header: virtio 1.2 §5.1.6.3.1 wants
 			// every receive buffer to hold at least the header.
 			r.drops.Drop("RX chain smaller than the header", nil)
-			r.pushSlot(slot, 0)
-			bad++
+			r.badChain(slot)
 			continue
 		}
 		r.count++
 		r.capacity += uint64(slot.WriteLen)
+		return slot
 	}
 }
 
+// badChain returns a chain unused and counts it.
+func (r *rxState) badChain(c *virtio.Chain) {
+	r.pushSlot(c, 0)
+	r.tally.badDesc++
+	r.tally.pushed++
+}
+
 // deliver returns the chains holding an n-byte read (header included) to
-// the driver and sets num_buffers. It returns how many it pushed.
+// the driver, sets num_buffers and counts the frame. It returns how many
+// chains it pushed.
 func (r *rxState) deliver(n int) int {
 	hdrLen := r.qp.cfg.HdrLen
 	first := &r.chains[r.head]
@@ -317,6 +350,9 @@ func (r *rxState) deliver(n int) int {
 		r.advance()
 		r.count--
 	}
+	r.tally.packets++
+	r.tally.bytes += uint64(n - hdrLen)
+	r.tally.pushed += used
 	return used
 }
 

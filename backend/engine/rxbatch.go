@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"errors"
-
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -49,13 +47,6 @@ func (r *rxState) initBounce(batch int) {
 	}
 }
 
-// rxBatch is what one batch of reads got.
-type rxBatch struct {
-	packets, bytes, truncated, kernel, noBufs, bad uint64
-	pushed                                         int  // chains returned to the driver
-	stop                                           bool // the TAP is empty or gone
-}
-
 // big reports whether chain c alone holds the largest frame the guest may
 // get with room to spare, so that a read that fills it is a frame larger
 // than negotiated (see process).
@@ -65,30 +56,26 @@ func (r *rxState) big(c *virtio.Chain) bool {
 
 // tryBatch reads a batch of up to want frames if the pending chains allow
 // one, and reports whether it did.
-func (r *rxState) tryBatch(want int) (got rxBatch, ran bool) {
-	if r.big(r.at(0)) {
-		k := r.popRun(want, true, &got)
-		if k < 2 {
-			return got, false
+func (r *rxState) tryBatch(want int) bool {
+	bounce := !r.big(r.at(0))
+	if bounce {
+		if r.bounce == nil || r.small < smallStreak {
+			return false
 		}
-		r.readBatch(k, false, &got)
-		return got, true
+		want = min(want, len(r.bounce))
 	}
-	if r.bounce == nil || r.small < smallStreak {
-		return got, false
-	}
-	k := r.popRun(min(want, len(r.bounce)), false, &got)
+	k := r.popRun(want, !bounce)
 	if k < 2 {
-		return got, false
+		return false
 	}
-	r.readBatch(k, true, &got)
-	return got, true
+	r.readBatch(k, bounce)
+	return true
 }
 
 // popRun pops chains until want are pending (with onlyBig, until one
 // popped is not big) and returns how many of the first pending chains a
 // batch may use, at most want: with onlyBig, the big ones.
-func (r *rxState) popRun(want int, onlyBig bool, got *rxBatch) int {
+func (r *rxState) popRun(want int, onlyBig bool) int {
 	k := 0
 	for k < r.count && k < want && (!onlyBig || r.big(r.at(k))) {
 		k++
@@ -97,51 +84,15 @@ func (r *rxState) popRun(want int, onlyBig bool, got *rxBatch) int {
 		return k
 	}
 	for r.count < want && r.count < len(r.chains) {
-		slot, ok := r.popOne(got)
-		if !ok {
-			// Out of chains: read with those there are; fill asks for
-			// a kick when none are left.
-			break
-		}
-		if onlyBig && !r.big(slot) {
+		// Out of chains: read with those there are; fill asks for a
+		// kick when none are left.
+		slot := r.popOne()
+		if slot == nil || onlyBig && !r.big(slot) {
 			break
 		}
 		k++
 	}
 	return k
-}
-
-// popOne pops one chain into the pending ring. Malformed chains and
-// chains too small for the header go back to the driver, counted in got.
-func (r *rxState) popOne(got *rxBatch) (*virtio.Chain, bool) {
-	for {
-		slot := r.at(r.count)
-		ok, err := r.q.Pop(slot)
-		if err != nil {
-			if !errors.Is(err, virtio.ErrBadChain) {
-				r.breakRing(err)
-				return nil, false
-			}
-			r.drops.Drop("malformed RX chain", err)
-			r.pushSlot(slot, 0)
-			got.bad++
-			got.pushed++
-			continue
-		}
-		if !ok {
-			return nil, false
-		}
-		if uint64(slot.WriteLen) < uint64(r.qp.cfg.HdrLen) {
-			r.drops.Drop("RX chain smaller than the header", nil)
-			r.pushSlot(slot, 0)
-			got.bad++
-			got.pushed++
-			continue
-		}
-		r.count++
-		r.capacity += uint64(slot.WriteLen)
-		return slot, true
-	}
 }
 
 // readBatch reads into the first k pending chains, one read each (with a
@@ -154,12 +105,11 @@ func (r *rxState) popOne(got *rxBatch) (*virtio.Chain, bool) {
 // buffers, from the first frame that is out of place or spilled over,
 // every frame of the rest of the batch is first saved whole in its bounce
 // buffer, then copied into the chains from the first free one on.
-func (r *rxState) readBatch(k int, bounce bool, got *rxBatch) {
+func (r *rxState) readBatch(k int, bounce bool) {
 	qp := r.qp
-	hdrLen := qp.cfg.HdrLen
 	skip := 0
 	if r.noVnet {
-		skip = hdrLen
+		skip = qp.cfg.HdrLen
 	}
 	for i := range k {
 		c := r.at(i)
@@ -178,53 +128,30 @@ func (r *rxState) readBatch(k int, bounce bool, got *rxBatch) {
 		}
 		qp.ring.Readv(qp.tapFd, io.v)
 	}
-	err := qp.ring.Submit(r.res)
-	if err != nil {
-		qp.dropRing(err)
-	}
-	limit := r.maxFrame // the largest frame delivered, header included
-	delivered := 0      // frames delivered in place, one chain each
-	saved := false      // the rest of the batch is in the bounce buffers
+	qp.submit(r.res[:k])
+	before := r.tally.packets
+	delivered := 0 // frames delivered in place, one chain each
+	saved := false // the rest of the batch is in the bounce buffers
 	for i := range k {
-		res := r.res[i]
-		if res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.ECANCELED) && err != nil {
+		if notDone(r.res[i]) {
 			// Nothing was read: the plain reads take over.
-			if qp.ring != nil {
-				qp.dropRing(errors.New("io_uring cannot read the TAP file without waiting (RWF_NOWAIT)"))
-			}
 			continue
 		}
-		if res == -int32(unix.EAGAIN) {
-			r.tapReadable = false
-			got.stop = true
+		var err error
+		if r.res[i] < 0 {
+			err = unix.Errno(-r.res[i])
+		}
+		n, ok := r.result(int(max(r.res[i], 0)), err)
+		if !ok {
 			continue
 		}
-		if res == -int32(unix.EBADFD) || res == 0 {
-			var err error // a socket's end: read returns 0
-			if res < 0 {
-				err = unix.Errno(-res)
-			}
-			r.markGone(err)
-			got.stop = true
-			continue
-		}
-		if res < 0 {
-			got.kernel++
-			r.drops.Drop("TAP read failed", unix.Errno(-res))
-			continue
-		}
-		n := int(res) + skip
+		limit := r.maxFrame // the largest frame delivered, header included
 		if !bounce {
 			// A big chain: a read that fills it is too big.
 			limit = r.bcap[i] - 1
 		}
-		switch {
-		case n < hdrLen:
-			got.kernel++
-			continue
-		case uint64(n) > limit:
-			got.truncated++
-			r.drops.Drop("frame larger than the guest's receive buffers", nil)
+		if uint64(n) > limit {
+			r.tooBig()
 			continue
 		}
 		pos := i - delivered // the chain's place among those pending now
@@ -235,9 +162,6 @@ func (r *rxState) readBatch(k int, bounce bool, got *rxBatch) {
 			r.deliver(n)
 			r.small++
 			delivered++
-			got.pushed++
-			got.packets++
-			got.bytes += uint64(n - hdrLen)
 			continue
 		case bounce:
 			if uint64(n) > r.bcap[i] {
@@ -247,32 +171,23 @@ func (r *rxState) readBatch(k int, bounce bool, got *rxBatch) {
 			saved = true
 		default:
 			// A big chain out of place: an earlier read got nothing.
-			if uint64(n) >= uint64(r.chains[r.head].WriteLen) {
-				got.truncated++
-				r.drops.Drop("frame larger than the guest's receive buffers", nil)
+			if uint64(n) >= uint64(r.at(0).WriteLen) {
+				r.tooBig()
 				continue
 			}
-			b := r.spill[:n]
-			gatherFrom(b, r.at(pos).Writable, 0)
-			scatterPut(r.chains[r.head].Writable, 0, b)
-			r.deliver(n)
+			gatherFrom(r.spill[:n], r.at(pos).Writable, 0)
+			r.place(r.spill[:n])
 			delivered++
-			got.pushed++
-			got.packets++
-			got.bytes += uint64(n - hdrLen)
 			continue
 		}
-		used, ok := r.place(r.bounce[i][:n], got)
-		if !ok {
-			got.noBufs++
+		if !r.place(r.bounce[i][:n]) {
+			r.tally.noBufs++
 			r.drops.Drop("no receive buffers left for a frame already read", nil)
-			continue
 		}
-		got.pushed += used
-		got.packets++
-		got.bytes += uint64(n - hdrLen)
 	}
-	if delivered == 0 && got.packets == 0 && got.stop && !r.gone {
+	got := int(r.tally.packets - before)
+	r.batch = min(max(2*got, 2), len(r.res))
+	if got == 0 && !r.tapReadable && !r.gone {
 		// Every read found nothing, yet the worker came because the TAP
 		// was readable (or the guest posted buffers): one read(2) makes
 		// sure. Should io_uring ever answer EAGAIN where read(2) gets a
@@ -280,7 +195,6 @@ func (r *rxState) readBatch(k int, bounce bool, got *rxBatch) {
 		// than spin on a readable TAP.
 		r.check = true
 		r.tapReadable = true
-		got.stop = false
 	}
 	// After EAGAIN the worker sleeps: the TAP's file is watched
 	// level-triggered, so a frame that came since wakes it at once.
@@ -303,26 +217,18 @@ func (r *rxState) save(i, k, delivered, skip int) {
 
 // place copies frame (header included) into the chains from the first
 // pending one on, popping more as it needs, and delivers it. It reports
-// how many chains went back to the driver, and false if the driver has
-// too few buffers for the frame.
-func (r *rxState) place(frame []byte, got *rxBatch) (int, bool) {
+// false, delivering nothing, if the driver has too few buffers for it.
+func (r *rxState) place(frame []byte) bool {
 	for r.capacity < uint64(len(frame)) {
-		if r.count == len(r.chains) {
-			return 0, false
-		}
-		if _, ok := r.popOne(got); !ok {
-			return 0, false
+		if r.count == len(r.chains) || r.popOne() == nil {
+			return false
 		}
 	}
-	left := frame
-	for i := 0; len(left) > 0; i++ {
-		for _, b := range r.at(i).Writable {
-			n := copy(b, left)
-			left = left[n:]
-			if len(left) == 0 {
-				break
-			}
-		}
+	for i, off := 0, 0; off < len(frame); i++ {
+		c := r.at(i)
+		scatterPut(c.Writable, 0, frame[off:])
+		off += int(c.WriteLen)
 	}
-	return r.deliver(len(frame)), true
+	r.deliver(len(frame))
+	return true
 }

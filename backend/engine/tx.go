@@ -260,27 +260,15 @@ func (t *txState) writeAll(frames []txFrame) {
 			ring.Writev(fd, f.iov.v)
 		}
 	}
-	err := ring.Submit(t.res)
+	t.qp.submit(t.res[:ops])
 	k := 0
-	unsupported := false
 	for i := range frames {
-		f := &frames[i]
-		if !f.write {
-			continue
+		if f := &frames[i]; f.write {
+			if f.res = t.res[k]; notDone(f.res) {
+				f.res = f.writeNow(fd)
+			}
+			k++
 		}
-		f.res = t.res[k]
-		k++
-		// Not written at all: the ring failed, or cannot write this
-		// file without waiting. Write it the plain way.
-		if f.res == -int32(unix.ECANCELED) && err != nil || f.res == -int32(unix.EOPNOTSUPP) {
-			unsupported = unsupported || f.res == -int32(unix.EOPNOTSUPP)
-			f.res = f.writeNow(fd)
-		}
-	}
-	if err != nil {
-		t.qp.dropRing(err)
-	} else if unsupported {
-		t.qp.dropRing(errors.New("io_uring cannot write the TAP file without waiting (RWF_NOWAIT)"))
 	}
 }
 
