@@ -78,15 +78,13 @@ type Device struct {
 	ctrlCtr   ctrlCounters
 	stopWatch context.CancelFunc
 
-	mu          sync.Mutex
-	acked       virtio.Features
-	ackedOK     bool
-	config      virtio.NetConfig
-	linkUp      bool       // the TAP is administratively up
-	linkWatched bool       // linkUp holds the first state WatchLink reported
-	active      int        // queue pairs the driver uses: TAP queues attached while their rings run
-	ctrl        *ctrlQueue // the control queue's server, while it runs
-	rxMode      RXMode
+	mu      sync.Mutex
+	acked   virtio.Features
+	ackedOK bool
+	config  virtio.NetConfig
+	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
+	ctrl    *ctrlQueue // the control queue's server, while it runs
+	rxMode  RXMode
 }
 
 // RXMode is what the driver asked of the receive filter with the CTRL_RX
@@ -176,30 +174,29 @@ func New(opts Options) (*Device, error) {
 	// TAP's carrier is not used: it follows the queues this device
 	// attaches, so it would say only whether the guest runs.
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := opts.TAP.WatchLink(ctx, d.linkChanged); err != nil {
+	// The state WatchLink finds, before it returns, is no change to
+	// announce; the calls after it come from its goroutine, started after.
+	first := true
+	if err := opts.TAP.WatchLink(ctx, func(st backend.LinkState) { d.linkChanged(st, !first); first = false }); err != nil {
 		cancel()
 		return nil, fmt.Errorf("new net device: %w", err)
 	}
 	d.stopWatch = cancel
-	d.mu.Lock()
-	d.linkWatched = true // the state WatchLink found is no change to announce
-	d.mu.Unlock()
 	return d, nil
 }
 
-// linkChanged sets the link status from the TAP's state and tells the
-// driver if it changed.
-func (d *Device) linkChanged(st backend.LinkState) {
+// linkChanged sets the link status from the TAP's state and, with
+// notify, tells the driver if it changed.
+func (d *Device) linkChanged(st backend.LinkState, notify bool) {
 	d.mu.Lock()
-	changed := d.linkUp != st.Up && d.linkWatched
-	d.linkUp = st.Up
+	changed := (d.config.Status&virtio.LinkUp != 0) != st.Up
 	if st.Up {
 		d.config.Status |= virtio.LinkUp
 	} else {
 		d.config.Status &^= virtio.LinkUp
 	}
 	d.mu.Unlock()
-	if changed {
+	if changed && notify {
 		d.log.Debug("link status", "tap_state", st.String())
 		d.notifyConfig()
 	}
