@@ -8,43 +8,22 @@ import (
 
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
-	"golang.org/x/sys/unix"
 )
 
 // memfdGuest returns an Alloc for virtiotest guests that maps a memfd per
-// guest, as a vhost-user front-end shares its memory, and a function that
-// shrinks every such file to nothing, as a hostile front-end may.
+// guest (testutil.SharedMemory), and a function that shrinks them all.
 func memfdGuest(t *testing.T) (alloc func(int) ([]byte, error), shrink func()) {
-	var fds []int
+	var shrinks []func()
 	alloc = func(n int) ([]byte, error) {
-		fd, err := unix.MemfdCreate("vmnet-test-guest", unix.MFD_CLOEXEC)
-		if err != nil {
-			return nil, err
-		}
-		fds = append(fds, fd)
-		if err := unix.Ftruncate(fd, int64(n)); err != nil {
-			return nil, err
-		}
-		m, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			return nil, err
-		}
-		t.Cleanup(func() { unix.Munmap(m) })
+		m, shrink := testutil.SharedMemory(t, n)
+		shrinks = append(shrinks, shrink)
 		return m, nil
 	}
-	t.Cleanup(func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	})
-	shrink = func() {
-		for _, fd := range fds {
-			if err := unix.Ftruncate(fd, 0); err != nil {
-				t.Fatal(err)
-			}
+	return alloc, func() {
+		for _, shrink := range shrinks {
+			shrink()
 		}
 	}
-	return alloc, shrink
 }
 
 // A front-end that shrinks the memory it shared (the worker's next load

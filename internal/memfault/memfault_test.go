@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -11,19 +12,7 @@ import (
 // that is gone (SIGSEGV) come back as ErrFault; the goroutine's own
 // setting is as before; other panics still panic.
 func TestGuard(t *testing.T) {
-	fd, err := unix.MemfdCreate("memfault-test", unix.MFD_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Ftruncate(fd, 4096); err != nil {
-		t.Fatal(err)
-	}
-	m, err := unix.Mmap(fd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(m)
+	m, shrink := testutil.SharedMemory(t, 4096)
 	m[0] = 7
 	if err := Guard(func() error { m[1] = m[0]; return nil }); err != nil || m[1] != 7 {
 		t.Fatalf("Guard of good memory: %v, byte %d", err, m[1])
@@ -32,11 +21,9 @@ func TestGuard(t *testing.T) {
 	if err := Guard(func() error { return want }); err != want {
 		t.Errorf("Guard passes fn's error on: got %v", err)
 	}
-	if err := unix.Ftruncate(fd, 0); err != nil {
-		t.Fatal(err)
-	}
+	shrink()
 	var got byte
-	err = Guard(func() error { got = m[100]; return nil })
+	err := Guard(func() error { got = m[100]; return nil })
 	if !errors.Is(err, ErrFault) {
 		t.Fatalf("load from a shrunk file: got %v (byte %d), want ErrFault", err, got)
 	}

@@ -19,6 +19,7 @@ import (
 	cebpf "github.com/cilium/ebpf"
 	"github.com/vishvananda/netns"
 	"github.com/vmnet-dev/vmnet/integration/harness"
+	"golang.org/x/sys/unix"
 )
 
 // InCI reports whether the tests run under CI (CI=true), where a skip for
@@ -205,5 +206,31 @@ func SteeringPrograms(t testing.TB) map[uint32]bool {
 			ids[uint32(id)] = true
 		}
 		p.Close()
+	}
+}
+
+// SharedMemory maps n bytes of a fresh memfd, as a vhost-user front-end
+// shares guest memory, unmapped and closed when the test ends. shrink
+// truncates the file to nothing, as a hostile front-end may: a load from
+// the mapping then raises SIGBUS.
+func SharedMemory(t testing.TB, n int) (mem []byte, shrink func()) {
+	t.Helper()
+	fd, err := unix.MemfdCreate("vmnet-test-memory", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatalf("memfd_create: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Ftruncate(fd, int64(n)); err != nil {
+		t.Fatalf("size memfd to %d bytes: %v", n, err)
+	}
+	mem, err = unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("map memfd: %v", err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	return mem, func() {
+		if err := unix.Ftruncate(fd, 0); err != nil {
+			t.Fatalf("shrink memfd: %v", err)
+		}
 	}
 }
