@@ -38,6 +38,16 @@ func sendCtrl(t *testing.T, r *ring, cmd []byte) virtio.CtrlAck {
 	return virtio.CtrlAck(used.Data[0])
 }
 
+// drained waits up to d for e to be signalled, and drains it.
+func drained(e *engine.EventFD, d time.Duration) bool {
+	for deadline := time.Now().Add(d); !e.Drain(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
 // kickAndReap kicks r and waits for one used chain.
 func kickAndReap(t *testing.T, r *ring) struct {
 	Len  uint32
@@ -54,7 +64,8 @@ func kickAndReap(t *testing.T, r *ring) struct {
 			if len(u) != 1 {
 				t.Fatalf("reaped %d chains, want 1", len(u))
 			}
-			if !r.call.Drain() {
+			// The device publishes the used chain, then interrupts.
+			if !drained(r.call, time.Second) {
 				t.Error("chain returned without an interrupt")
 			}
 			return struct {
@@ -322,12 +333,8 @@ func TestLinkStatus(t *testing.T) {
 		for time.Now().Before(deadline) {
 			if (d.Config().Status&virtio.LinkUp != 0) == up {
 				// The watch changes the status, then interrupts.
-				for !cfgIRQ.Drain() {
-					if time.Now().After(deadline) {
-						t.Errorf("link up=%v: no config change interrupt", up)
-						return
-					}
-					time.Sleep(5 * time.Millisecond)
+				if !drained(cfgIRQ, time.Second) {
+					t.Errorf("link up=%v: no config change interrupt", up)
 				}
 				return
 			}
