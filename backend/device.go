@@ -1,551 +1,462 @@
 package backend
 
 import (
+	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/backend/engine"
+	"github.com/vmnet-dev/vmnet/offload"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
-// Device is a multi-queue TAP device: a keep-alive file that holds the
-// device but is detached from traffic, and one file per queue pair. The
-// lifecycle follows DPDK's rtap driver.
-//
-// The Device owns the keep-alive file, every queue file, and its network
-// namespace handle; Close closes them all. Files handed out by Queue.Dup
-// belong to the caller. A Device is safe for concurrent use.
+// ringFeatures are the transport features vmnet's virtqueues implement.
+const ringFeatures = virtio.FVersion1 | virtio.FIndirectDesc | virtio.FEventIdx | virtio.FRingPacked
+
+// Options configure a Device.
+type Options struct {
+	// TAP is the device the queue pairs read and write; one queue pair
+	// per TAP queue. The caller owns it and closes it after the Device.
+	TAP *tap.Device
+
+	// MAC is the guest's address in the config space. nil picks a random
+	// locally administered unicast address.
+	MAC net.HardwareAddr
+
+	// MTU is offered with VIRTIO_NET_F_MTU. 0 offers none (the guest
+	// assumes 1500).
+	MTU int
+
+	// Offloads restricts the offloads offered (--offloads); the zero value
+	// is "auto".
+	Offloads offload.OfferList
+
+	// BusyPoll is each queue pair's busy-poll window (engine.Config).
+	BusyPoll time.Duration
+
+	// NoIOURing makes each queue pair read and write its TAP queue one
+	// system call per frame (engine.Config.NoIOURing). The zero value
+	// batches them through io_uring where the kernel allows.
+	NoIOURing bool
+
+	// ControlQueue makes the device serve its control virtqueue (number
+	// 2×Pairs) itself, as an embedding VMM needs: it then offers CTRL_VQ,
+	// CTRL_RX, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS and GUEST_ANNOUNCE, uses
+	// only the first queue pair until the driver asks for more
+	// (VQ_PAIRS_SET), and applies GUEST_OFFLOADS_SET to the TAP. The zero
+	// value leaves the control queue to the transport, as vhost-user
+	// front-ends (QEMU, cloud-hypervisor, DPDK's virtio-user) serve it
+	// themselves and tell the device which rings run; VhostUser never
+	// offers it.
+	ControlQueue bool
+
+	// ConfigChanged is the configuration change interrupt: the device
+	// notifies it after the config space changed (the link went up or
+	// down, an announce was requested). nil: the driver is not told.
+	ConfigChanged engine.Notifier
+
+	// Logger receives log lines; nil means none.
+	Logger hclog.Logger
+}
+
+// Device is a virtio-net device backed by a TAP. Its methods are safe for
+// concurrent use.
 type Device struct {
-	log      hclog.Logger
 	opts     Options
-	features Features
-	flags    uint16 // TUNSETIFF flags every file of this device uses
+	log      hclog.Logger
+	offered  virtio.Features
+	txCaps   offload.TXCaps
+	pairs    []pair
+	counters []*engine.Counters
 
-	mu     sync.Mutex
-	name   string
-	ns     netns.NsHandle
-	keep   *os.File
-	queues []*Queue
-	closed bool
+	ctrlCtr   ctrlCounters
+	stopWatch context.CancelFunc
+
+	mu      sync.Mutex
+	acked   virtio.Features
+	ackedOK bool
+	config  virtio.NetConfig
+	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
+	ctrl    *ctrlQueue // the control queue's server, while it runs
+	rxMode  RXMode
 }
 
-// Queue is one queue pair's file. The Device owns it: do not close File().
-type Queue struct {
-	dev     *Device
-	index   int
-	file    *os.File
-	enabled bool
+// RXMode is what the driver asked of the receive filter with the CTRL_RX
+// class and MAC TABLE_SET (virtio 1.2 §5.1.6.5.1, §5.1.6.5.2). A TAP
+// delivers every frame the host sends it, so the device is in effect
+// always promiscuous; the spec lets these commands be best effort, and
+// the device records and acknowledges them.
+type RXMode struct {
+	Promisc, AllMulti, AllUni, NoMulti, NoUni, NoBcast bool
+	Unicast, Multicast                                 int // addresses in the last MAC table
 }
 
-// Create makes a new TAP device from opts. The name (or template) must not
-// name an existing device: to use one, call Open.
-func Create(opts Options) (*Device, error) {
-	return newDevice(opts, true)
+// pair is one queue pair's two virtqueues and its engine.
+type pair struct {
+	q   [2]*slot // 0: RX (virtqueue 2N), 1: TX (2N+1)
+	run *engine.QueuePair
 }
 
-// Open attaches to an existing TAP device named name (no template), for
-// example a persistent one made by `vmnet-helper tap create --persist` or
-// by an administrator. opts.Name is ignored. The device must be a
-// multi-queue TAP with a vnet header and without packet information; when
-// it is not, the error is a *MismatchError saying which flag differs,
-// instead of the kernel's bare EINVAL.
-func Open(name string, opts Options) (*Device, error) {
-	if err := ValidateName(name, false); err != nil {
-		return nil, err
-	}
-	opts.Name = name
-	return newDevice(opts, false)
+// slot is one started virtqueue.
+type slot struct {
+	q    virtio.Queue
+	kick *engine.EventFD
+	call engine.Notifier
 }
 
-func newDevice(opts Options, create bool) (_ *Device, err error) {
-	opts, err = opts.withDefaults()
-	if err != nil {
-		return nil, err
+// New makes a device over opts.TAP with one queue pair per TAP queue.
+func New(opts Options) (*Device, error) {
+	if opts.TAP == nil {
+		return nil, errors.New("new net device: no TAP device")
 	}
-	features, err := Probe()
-	if err != nil {
-		return nil, err
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
 	}
-	if err := checkFeatures(features.Flags); err != nil {
-		return nil, err
+	if opts.MAC == nil {
+		opts.MAC = make(net.HardwareAddr, 6)
+		if _, err := rand.Read(opts.MAC); err != nil {
+			return nil, fmt.Errorf("new net device: pick a MAC: %w", err)
+		}
+		opts.MAC[0] = opts.MAC[0]&^1 | 2 // unicast, locally administered
 	}
-	ns, err := openNetNS(opts.NetNS)
-	if err != nil {
-		return nil, err
+	if len(opts.MAC) != 6 || opts.MAC[0]&1 != 0 {
+		return nil, fmt.Errorf("new net device: MAC %s is not a unicast Ethernet address", opts.MAC)
 	}
+	if opts.MTU != 0 && (opts.MTU < 68 || opts.MTU > 65535) {
+		return nil, fmt.Errorf("new net device: MTU %d, want 68 to 65535", opts.MTU)
+	}
+	n := opts.TAP.NumQueues()
 	d := &Device{
-		log:      opts.Logger,
 		opts:     opts,
-		features: features,
-		flags:    iffFlags(features.Flags, opts.NoNAPI),
-		name:     opts.Name,
-		ns:       ns,
-		queues:   make([]*Queue, opts.Queues),
+		log:      opts.Logger.Named("device").With("tap", opts.TAP.Name()),
+		pairs:    make([]pair, n),
+		counters: make([]*engine.Counters, n),
 	}
-	defer func() {
-		if err != nil {
-			d.abort(create)
-		}
-	}()
-	if !create {
-		if err := d.checkExisting(); err != nil {
-			return nil, err
-		}
+	for i := range d.counters {
+		d.counters[i] = new(engine.Counters)
 	}
-	flags := d.flags
-	if create {
-		// IFF_TUN_EXCL: fail with EBUSY instead of attaching to a device
-		// that already has this name (tun.c tun_set_iff).
-		flags |= iffTUNExcl
+	tapFeatures := opts.TAP.Features()
+	d.offered = ringFeatures | virtio.NetFMrgRxbuf | virtio.NetFMAC | virtio.NetFStatus |
+		offload.Offer(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
+	d.txCaps = offload.TXCapsFor(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
+	if opts.MTU != 0 {
+		d.offered |= virtio.NetFMTU
 	}
-	var fd int
-	err = inNetNS(ns, func() error {
-		var err error
-		fd, err = openTunFd()
-		if err != nil {
-			return d.opErr(-1, "open "+tunDevice, err)
-		}
-		name, err := tunSetIff(fd, opts.Name, flags)
-		if err != nil {
-			unix.Close(fd)
-			return d.opErr(-1, "TUNSETIFF", err)
-		}
-		d.name = name
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	if n > 1 {
+		d.offered |= virtio.NetFMQ
 	}
-	d.keep = os.NewFile(uintptr(fd), "tap "+d.name+" keep-alive")
-	d.log = d.log.With("tap", d.name)
-	if err := d.configure(d.keep, -1); err != nil {
-		return nil, err
+	if opts.ControlQueue {
+		d.offered |= ctrlFeatures
 	}
-	if err := d.keepControl("TUNSETOFFLOAD", func(fd int) error { return tunSetOffload(fd, opts.Offloads) }); err != nil {
-		return nil, err
-	}
-	if opts.SndBuf > 0 {
-		if err := d.keepControl("TUNSETSNDBUF", func(fd int) error { return tunSetSndBuf(fd, opts.SndBuf) }); err != nil {
-			return nil, err
-		}
-	}
-	if opts.Owner > 0 {
-		if err := d.keepControl("TUNSETOWNER", func(fd int) error { return tunSetOwner(fd, opts.Owner) }); err != nil {
-			return nil, err
-		}
-	}
-	if opts.Group > 0 {
-		if err := d.keepControl("TUNSETGROUP", func(fd int) error { return tunSetGroup(fd, opts.Group) }); err != nil {
-			return nil, err
-		}
-	}
-	if opts.Persist {
-		if err := d.keepControl("TUNSETPERSIST", func(fd int) error { return tunSetPersist(fd, true) }); err != nil {
-			return nil, err
-		}
-	}
-	// The keep-alive file holds the device; it must never be picked for
-	// traffic, or frames would queue on a file nobody reads.
-	if err := d.keepControl("TUNSETQUEUE detach", func(fd int) error { return tunSetQueue(fd, false) }); err != nil {
-		return nil, err
-	}
-	if !opts.DeferQueues {
-		for i := range d.queues {
-			if _, err := d.OpenQueue(i); err != nil {
-				return nil, err
+	// Until the guest starts a pair, the kernel must not steer frames to
+	// its TAP queue: nobody would read them.
+	for i := 0; i < n; i++ {
+		if opts.TAP.Queue(i) != nil {
+			if err := opts.TAP.DisableQueue(i); err != nil {
+				return nil, fmt.Errorf("new net device: %w", err)
 			}
 		}
 	}
-	d.log.Debug("tap ready", "queues", opts.Queues, "vnet_hdr", opts.VnetHdrSize, "created", create,
-		"persist", opts.Persist, "napi", d.flags&iffNAPI != 0, "offloads", opts.Offloads.String())
+	copy(d.config.MAC[:], opts.MAC)
+	d.config.MaxVirtqueuePairs = uint16(n)
+	d.config.MTU = uint16(opts.MTU)
+	d.config.Speed = virtio.SpeedUnknown
+	d.config.Duplex = virtio.DuplexUnknown
+	d.active = n
+	// VIRTIO_NET_S_LINK_UP follows the TAP's administrative state: the
+	// host's `ip link set dev TAP down` is the guest's cable pulled. The
+	// TAP's carrier is not used: it follows the queues this device
+	// attaches, so it would say only whether the guest runs.
+	ctx, cancel := context.WithCancel(context.Background())
+	// The state WatchLink finds, before it returns, is no change to
+	// announce; the calls after it come from its goroutine, started after.
+	first := true
+	if err := opts.TAP.WatchLink(ctx, func(st tap.LinkState) { d.linkChanged(st, !first); first = false }); err != nil {
+		cancel()
+		return nil, fmt.Errorf("new net device: %w", err)
+	}
+	d.stopWatch = cancel
 	return d, nil
 }
 
-// configure sets what every file of the device must agree on. The vnet
-// header size lives in the device, but a persistent device may have been
-// left with another size by its last user, so every file sets it.
-func (d *Device) configure(f *os.File, queue int) error {
-	size := d.opts.VnetHdrSize
-	if err := rawControl(f, func(fd int) error { return tunSetVnetHdrSize(fd, size) }); err != nil {
-		return d.opErr(queue, "TUNSETVNETHDRSZ", err)
-	}
-	if err := rawControl(f, tunSetVnetLE); err != nil {
-		return d.opErr(queue, "TUNSETVNETLE", err)
-	}
-	return nil
-}
-
-// checkExisting reads the existing device's flags over netlink (the
-// IFLA_TUN_* attributes that /sys/class/net/NAME/tun_flags also shows, but
-// readable in any network namespace) and refuses a device whose flags
-// TUNSETIFF would reject or silently change.
-func (d *Device) checkExisting() error {
-	info, err := lookup(d.ns, d.name)
-	if err != nil {
-		return err
-	}
-	check := func(field string, have, want bool, haveS, wantS string) error {
-		if have != want {
-			return &MismatchError{Device: d.name, Field: field, Have: haveS, Want: wantS}
-		}
-		return nil
-	}
-	if err := check("type", info.Type == "tap", true, info.Type, "tap"); err != nil {
-		return err
-	}
-	if err := check("multi_queue", info.MultiQueue, true, "off", "on"); err != nil {
-		return err
-	}
-	if err := check("vnet_hdr", info.VnetHdr, true, "off", "on"); err != nil {
-		return err
-	}
-	if err := check("pi", info.PI, false, "on", "off"); err != nil {
-		return err
-	}
-	if n := info.Queues + info.DisabledQueues + 1 + d.opts.Queues; n > maxTapQueues {
-		return d.opErr(-1, "attach", fmt.Errorf("%d queues attached and %d detached already, %d more would pass the kernel's %d: %w",
-			info.Queues, info.DisabledQueues, d.opts.Queues+1, maxTapQueues, unix.E2BIG))
-	}
-	return nil
-}
-
-// abort undoes a half-made device: a device this call created must not
-// outlive the failure, even if persist was already set.
-func (d *Device) abort(created bool) {
-	if created && d.keep != nil && d.opts.Persist {
-		_ = rawControl(d.keep, func(fd int) error { return tunSetPersist(fd, false) })
-	}
-	d.closeFiles()
-}
-
-// OpenQueue opens the file of queue pair i, attached to traffic. Opening
-// an open queue returns it unchanged.
-func (d *Device) OpenQueue(i int) (*Queue, error) {
+// linkChanged sets the link status from the TAP's state and, with
+// notify, tells the driver if it changed.
+func (d *Device) linkChanged(st tap.LinkState, notify bool) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return nil, d.opErr(i, "open queue", os.ErrClosed)
+	changed := (d.config.Status&virtio.LinkUp != 0) != st.Up
+	if st.Up {
+		d.config.Status |= virtio.LinkUp
+	} else {
+		d.config.Status &^= virtio.LinkUp
 	}
-	if i < 0 || i >= len(d.queues) {
-		return nil, d.opErr(i, "open queue", fmt.Errorf("index out of range [0, %d)", len(d.queues)))
-	}
-	if q := d.queues[i]; q != nil {
-		return q, nil
-	}
-	var fd int
-	err := inNetNS(d.ns, func() error {
-		var err error
-		if fd, err = openTunFd(); err != nil {
-			return d.opErr(i, "open "+tunDevice, err)
-		}
-		if _, err := tunSetIff(fd, d.name, d.flags); err != nil {
-			unix.Close(fd)
-			return d.opErr(i, "TUNSETIFF", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("tap %s queue %d", d.name, i))
-	if err := d.configure(f, i); err != nil {
-		f.Close()
-		return nil, err
-	}
-	q := &Queue{dev: d, index: i, file: f, enabled: true}
-	d.queues[i] = q
-	d.log.Trace("queue open", "queue", i)
-	return q, nil
-}
-
-// CloseQueue closes the file of queue pair i; closing a closed queue does
-// nothing.
-func (d *Device) CloseQueue(i int) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if i < 0 || i >= len(d.queues) {
-		return d.opErr(i, "close queue", fmt.Errorf("index out of range [0, %d)", len(d.queues)))
-	}
-	q := d.queues[i]
-	if q == nil {
-		return nil
-	}
-	d.queues[i] = nil
-	if err := q.file.Close(); err != nil {
-		return d.opErr(i, "close", err)
-	}
-	return nil
-}
-
-// Queue returns the open queue i, or nil.
-func (d *Device) Queue(i int) *Queue {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if i < 0 || i >= len(d.queues) {
-		return nil
-	}
-	return d.queues[i]
-}
-
-// EnableQueue attaches queue i's file to traffic again (TUNSETQUEUE with
-// IFF_ATTACH_QUEUE).
-func (d *Device) EnableQueue(i int) error { return d.setQueueEnabled(i, true) }
-
-// DisableQueue detaches queue i's file from traffic (IFF_DETACH_QUEUE): the
-// kernel stops steering frames to it, as when the guest turns the queue
-// pair off. The file stays open.
-func (d *Device) DisableQueue(i int) error { return d.setQueueEnabled(i, false) }
-
-func (d *Device) setQueueEnabled(i int, on bool) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if i < 0 || i >= len(d.queues) || d.queues[i] == nil {
-		return d.opErr(i, "TUNSETQUEUE", errors.New("queue not open"))
-	}
-	q := d.queues[i]
-	if q.enabled == on {
-		return nil
-	}
-	if err := rawControl(q.file, func(fd int) error { return tunSetQueue(fd, on) }); err != nil {
-		op := "TUNSETQUEUE detach"
-		if on {
-			op = "TUNSETQUEUE attach"
-		}
-		return d.opErr(i, op, err)
-	}
-	q.enabled = on
-	return nil
-}
-
-// SetOffload applies TUNSETOFFLOAD: which offloads the kernel may leave
-// to vmnet in frames it hands over (the guest's acked GUEST_* features).
-func (d *Device) SetOffload(o Offload) error {
-	if !o.Valid() {
-		return d.opErr(-1, "TUNSETOFFLOAD", &OptionError{Option: "offloads", Value: o, Reason: "every offload needs csum, uso4 and uso6 go together, tso_ecn needs tso4 or tso6"})
-	}
-	if err := d.keepControl("TUNSETOFFLOAD", func(fd int) error { return tunSetOffload(fd, o) }); err != nil {
-		return err
-	}
-	d.log.Debug("offloads set", "offloads", o.String())
-	return nil
-}
-
-// SetSteeringEBPF attaches a socket-filter program that chooses the queue
-// of each frame the kernel sends (TUNSETSTEERINGEBPF); progFd -1 detaches
-// it. The device does not take ownership of progFd.
-func (d *Device) SetSteeringEBPF(progFd int) error {
-	return d.keepControl("TUNSETSTEERINGEBPF", func(fd int) error { return tunSetSteeringEBPF(fd, progFd) })
-}
-
-// keepControl runs an ioctl on the keep-alive file.
-func (d *Device) keepControl(op string, fn func(fd int) error) error {
-	d.mu.Lock()
-	keep := d.keep
 	d.mu.Unlock()
-	if keep == nil {
-		return d.opErr(-1, op, os.ErrClosed)
+	if changed && notify {
+		d.log.Debug("link status", "tap_state", st.String())
+		d.notifyConfig()
 	}
-	if err := rawControl(keep, fn); err != nil {
-		return d.opErr(-1, op, err)
+}
+
+// notifyConfig raises the configuration change interrupt, if there is one.
+func (d *Device) notifyConfig() {
+	if d.opts.ConfigChanged == nil {
+		return
 	}
+	if err := d.opts.ConfigChanged.Notify(); err != nil {
+		d.log.Warn("config change interrupt failed", "error", err)
+	}
+}
+
+// Close stops watching the TAP and resets the device: every queue stops.
+// The TAP stays open (it is the caller's). Close is idempotent.
+func (d *Device) Close() {
+	d.stopWatch()
+	d.Reset()
+}
+
+// Features are the features the device offers.
+func (d *Device) Features() virtio.Features { return d.offered }
+
+// Pairs is the number of queue pairs.
+func (d *Device) Pairs() int { return len(d.pairs) }
+
+// Queues is the number of virtqueues: two per pair, and the control
+// queue (the last) with Options.ControlQueue.
+func (d *Device) Queues() int {
+	if d.opts.ControlQueue {
+		return 2*len(d.pairs) + 1
+	}
+	return 2 * len(d.pairs)
+}
+
+// ActivePairs is the number of queue pairs the driver uses: all of them
+// unless the device serves the control queue, where it is 1 until the
+// driver sends VQ_PAIRS_SET.
+func (d *Device) ActivePairs() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.active
+}
+
+// RXMode is the receive filter the driver last asked for.
+func (d *Device) RXMode() RXMode {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.rxMode
+}
+
+// CtrlStats are the control queue's counters.
+func (d *Device) CtrlStats() CtrlStats { return d.ctrlCtr.snapshot() }
+
+// Config is the device's config space.
+func (d *Device) Config() virtio.NetConfig {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.config
+}
+
+// Counters returns the statistics of queue pair i, which live as long as
+// the Device, across restarts.
+func (d *Device) Counters(i int) *engine.Counters { return d.counters[i] }
+
+// SetFeatures takes the features the driver acked: it sets the TAP's vnet
+// header size to the header they imply and asks the kernel for the receive
+// offloads the guest can take (TUNSETOFFLOAD). No queue may be running.
+func (d *Device) SetFeatures(acked virtio.Features) error {
+	if extra := acked &^ d.offered; extra != 0 {
+		return fmt.Errorf("set features: %v: %w", extra, &virtio.NotOfferedError{Bits: extra})
+	}
+	// A front-end that serves the control queue itself (QEMU, DPDK's
+	// virtio-user) passes only the data-path bits, so rules that involve
+	// CTRL_VQ cannot be checked here; the guest's own stack checked them.
+	check := acked
+	if !d.opts.ControlQueue {
+		check |= virtio.NetFCtrlVQ
+	}
+	if err := virtio.ValidateNet(check); err != nil {
+		return fmt.Errorf("set features %v: %w", acked, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range d.pairs {
+		if d.pairs[i].run != nil {
+			return fmt.Errorf("set features: queue pair %d is running", i)
+		}
+	}
+	if err := d.opts.TAP.SetVnetHdrSize(virtio.HdrLenFor(acked)); err != nil {
+		return fmt.Errorf("set features: %w", err)
+	}
+	if err := d.opts.TAP.SetOffload(offload.TunFlags(acked)); err != nil {
+		return fmt.Errorf("set features: %w", err)
+	}
+	d.acked = acked
+	d.ackedOK = true
+	// virtio 1.2 §5.1.6.5.5: multiqueue starts disabled; the driver
+	// enables more pairs with VQ_PAIRS_SET.
+	d.active = len(d.pairs)
+	if d.opts.ControlQueue {
+		d.active = 1
+	}
+	d.log.Debug("features acked", "features", acked.String(), "tun_offload", offload.TunFlags(acked).String())
 	return nil
 }
 
-// Name is the interface name the kernel gave the device.
-func (d *Device) Name() string {
+// SetGuestOffloads applies VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET: the receive
+// offloads the guest wants now (ethtool -K in the guest).
+func (d *Device) SetGuestOffloads(bits uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.name
+	return d.setGuestOffloads(bits)
 }
 
-// NumQueues is the number of queue pairs the device was made with.
-func (d *Device) NumQueues() int { return len(d.queues) }
-
-// VnetHdrSize is the virtio-net header size of every file.
-func (d *Device) VnetHdrSize() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.opts.VnetHdrSize
-}
-
-// Features is what the kernel's TUN driver offers (see Probe).
-func (d *Device) Features() Features { return d.features }
-
-// NAPI reports whether the device's files use IFF_NAPI.
-func (d *Device) NAPI() bool { return d.flags&iffNAPI != 0 }
-
-// MAC reads the device's current MAC address.
-func (d *Device) MAC() (net.HardwareAddr, error) {
-	var mac net.HardwareAddr
-	err := d.keepControl("SIOCGIFHWADDR", func(fd int) error {
-		var err error
-		mac, err = tunGetHWAddr(fd)
+func (d *Device) setGuestOffloads(bits uint64) error {
+	flags, err := offload.GuestOffloads(bits, d.acked)
+	if err != nil {
 		return err
-	})
-	return mac, err
+	}
+	return d.opts.TAP.SetOffload(flags)
 }
 
-// Close closes every file the device owns. A device that is not persistent
-// disappears with its last file (tun.c tun_detach); a persistent one stays
-// for a later Open. Closing twice is safe.
-func (d *Device) Close() error {
+// StartQueue starts virtqueue index (2N: RX of pair N, 2N+1: TX) with its
+// kick eventfd and call notifier. The pair's engine starts once both of its
+// queues are started. The Device uses kick only until StopQueue.
+func (d *Device) StartQueue(index int, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
+	if d.isCtrl(index) {
+		return d.startCtrl(q, kick, call)
+	}
+	p, dir, err := d.pairOf(index)
+	if err != nil {
+		return err
+	}
+	if !d.ackedOK {
+		return fmt.Errorf("start queue %d: features not set", index)
+	}
+	if p.q[dir] != nil {
+		return fmt.Errorf("start queue %d: already started", index)
+	}
+	p.q[dir] = &slot{q: q, kick: kick, call: call}
+	return d.startPair(index / 2)
+}
+
+// startPair runs pair i's engine if both its queues are started.
+func (d *Device) startPair(i int) error {
+	p := &d.pairs[i]
+	if p.q[0] == nil || p.q[1] == nil || p.run != nil || i >= d.active {
 		return nil
 	}
-	d.closed = true
-	err := d.closeFilesLocked()
-	d.log.Debug("tap closed")
-	return err
+	tq, err := d.opts.TAP.OpenQueue(i)
+	if err != nil {
+		return fmt.Errorf("start queue pair %d: %w", i, err)
+	}
+	if err := d.opts.TAP.EnableQueue(i); err != nil {
+		return fmt.Errorf("start queue pair %d: %w", i, err)
+	}
+	qp, err := engine.New(engine.Config{
+		Index:     i,
+		RX:        p.q[0].q,
+		TX:        p.q[1].q,
+		RXKick:    p.q[0].kick,
+		TXKick:    p.q[1].kick,
+		RXCall:    p.q[0].call,
+		TXCall:    p.q[1].call,
+		TAP:       tq.File(),
+		HdrLen:    virtio.HdrLenFor(d.acked),
+		Features:  d.acked,
+		MTU:       d.opts.MTU,
+		BusyPoll:  d.opts.BusyPoll,
+		NoIOURing: d.opts.NoIOURing,
+		// USO frames the kernel cannot take (before Linux 6.2) are
+		// segmented in software, as Offer promised.
+		NoUSO:    !d.txCaps.USO,
+		Counters: d.counters[i],
+		Logger:   d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("start queue pair %d: %w", i, err)
+	}
+	if err := qp.Start(); err != nil {
+		return err
+	}
+	p.run = qp
+	d.log.Debug("queue pair started", "queue", i)
+	return nil
 }
 
-func (d *Device) closeFiles() {
+// StopQueue stops virtqueue index and its pair's engine, and returns the
+// queue, whose NextAvail (and NextUsed) say where it stopped. The TAP
+// queue is detached so the kernel stops steering frames to it.
+func (d *Device) StopQueue(index int) (virtio.Queue, error) {
+	if d.isCtrl(index) {
+		return d.stopCtrl()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.closed = true
-	_ = d.closeFilesLocked()
+	p, dir, err := d.pairOf(index)
+	if err != nil {
+		return nil, err
+	}
+	s := p.q[dir]
+	if s == nil {
+		return nil, fmt.Errorf("stop queue %d: not started", index)
+	}
+	err = d.stopPair(index / 2)
+	p.q[dir] = nil
+	return s.q, err
 }
 
-func (d *Device) closeFilesLocked() error {
-	var errs []error
-	for i, q := range d.queues {
-		if q == nil {
-			continue
-		}
-		if err := q.file.Close(); err != nil {
-			errs = append(errs, d.opErr(i, "close", err))
-		}
-		d.queues[i] = nil
+// stopPair stops pair i's engine, if it runs, and detaches its TAP queue
+// so the kernel stops steering frames to it.
+func (d *Device) stopPair(i int) error {
+	p := &d.pairs[i]
+	if p.run == nil {
+		return nil
 	}
-	if d.keep != nil {
-		if err := d.keep.Close(); err != nil {
-			errs = append(errs, d.opErr(-1, "close keep-alive", err))
-		}
-		d.keep = nil
+	errs := []error{p.run.Stop()}
+	p.run = nil
+	if err := d.opts.TAP.DisableQueue(i); err != nil {
+		errs = append(errs, err)
 	}
-	if d.ns.IsOpen() {
-		d.ns.Close()
-		d.ns = netns.None()
-	}
+	d.log.Debug("queue pair stopped", "queue", i)
 	return errors.Join(errs...)
 }
 
-func (d *Device) opErr(queue int, op string, err error) error {
-	return &OpError{Device: d.name, Queue: queue, Op: op, Err: err}
-}
-
-// Index is the queue pair index.
-func (q *Queue) Index() int { return q.index }
-
-// File is the queue's file, owned by the Device: use it, do not close it.
-// It is non-blocking and registered with the Go runtime's poller, so
-// SyscallConn().Read/Write wait for readiness without a thread each. Do
-// not call File().Fd(): that switches the file to blocking mode.
-func (q *Queue) File() *os.File { return q.file }
-
-// Enabled reports whether the queue is attached to traffic.
-func (q *Queue) Enabled() bool {
-	q.dev.mu.Lock()
-	defer q.dev.mu.Unlock()
-	return q.enabled
-}
-
-// Dup returns a new file for the same queue, for another process: pass it
-// in exec.Cmd.ExtraFiles or over a unix socket with SCM_RIGHTS. The caller
-// owns the returned file and closes it (after the child has it); the
-// queue stays open in the Device until CloseQueue or Close. The duplicate
-// shares the open file description, and with it O_NONBLOCK.
-func (q *Queue) Dup() (*os.File, error) {
-	var nfd int
-	err := rawControl(q.file, func(fd int) error {
-		var err error
-		nfd, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		return err
-	})
-	if err != nil {
-		return nil, q.dev.opErr(q.index, "F_DUPFD_CLOEXEC", err)
-	}
-	return os.NewFile(uintptr(nfd), q.file.Name()), nil
-}
-
-// SetPersist turns TUNSETPERSIST on or off: a persistent device outlives
-// its files; one that is not disappears with its last file.
-func (d *Device) SetPersist(on bool) error {
-	if err := d.keepControl("TUNSETPERSIST", func(fd int) error { return tunSetPersist(fd, on) }); err != nil {
-		return err
-	}
+// Reset stops every queue pair and forgets the acked features: the driver
+// reset the device, or the front-end went away.
+func (d *Device) Reset() {
+	d.stopCtrl()
 	d.mu.Lock()
-	d.opts.Persist = on
-	d.mu.Unlock()
-	return nil
+	defer d.mu.Unlock()
+	for i := range d.pairs {
+		if err := d.stopPair(i); err != nil {
+			d.log.Warn("stop queue pair on reset", "queue", i, "error", err)
+		}
+		d.pairs[i].q = [2]*slot{}
+	}
+	d.acked = 0
+	d.ackedOK = false
+	d.active = len(d.pairs)
+	// What the driver changed goes back to what the device was made with.
+	copy(d.config.MAC[:], d.opts.MAC)
+	d.config.Status &^= virtio.Announce
+	d.rxMode = RXMode{}
 }
 
-// VnetHdrSizeOf reads the vnet header size of the idle device name (one
-// with no queue attached: attaching a file to a busy device would let the
-// kernel steer a frame to it). It returns ErrBusy for a busy device.
-func VnetHdrSizeOf(name, netNS string) (int, error) {
-	ns, err := openNetNS(netNS)
-	if err != nil {
-		return 0, err
-	}
-	defer ns.Close()
-	info, err := lookup(ns, name)
-	if err != nil {
-		return 0, err
-	}
-	if info.Queues > 0 {
-		return 0, &OpError{Device: name, Queue: -1, Op: "TUNGETVNETHDRSZ", Err: ErrBusy}
-	}
-	flags := uint16(iffTAP)
-	if info.Type == "tun" {
-		flags = iffTUN
-	}
-	if info.MultiQueue {
-		flags |= iffMultiQueue
-	}
-	if info.VnetHdr {
-		flags |= iffVnetHdr
-	}
-	if !info.PI {
-		flags |= iffNoPI
-	}
-	size := 0
-	err = inNetNS(ns, func() error {
-		fd, err := openTunFd()
-		if err != nil {
-			return &OpError{Device: name, Queue: -1, Op: "open " + tunDevice, Err: err}
-		}
-		defer unix.Close(fd)
-		if _, err := tunSetIff(fd, name, flags); err != nil {
-			return &OpError{Device: name, Queue: -1, Op: "TUNSETIFF", Err: err}
-		}
-		if size, err = tunGetVnetHdrSize(fd); err != nil {
-			return &OpError{Device: name, Queue: -1, Op: "TUNGETVNETHDRSZ", Err: err}
-		}
-		return nil
-	})
-	return size, err
+// isCtrl reports whether virtqueue index is the control queue the device
+// serves.
+func (d *Device) isCtrl(index int) bool {
+	return d.opts.ControlQueue && index == 2*len(d.pairs)
 }
 
-// SetVnetHdrSize changes the vnet header size of the device, as a guest's
-// feature negotiation may (virtio.HdrLenFor). Set it while no frames flow:
-// the kernel applies it to the next frame on every file.
-func (d *Device) SetVnetHdrSize(size int) error {
-	switch size {
-	case VnetHdrLegacy, VnetHdrV1, VnetHdrHash:
-	default:
-		return d.opErr(-1, "TUNSETVNETHDRSZ", &OptionError{Option: "vnet header size", Value: size, Reason: "want 10, 12 or 20"})
+func (d *Device) pairOf(index int) (*pair, int, error) {
+	if index < 0 || index >= 2*len(d.pairs) {
+		return nil, 0, fmt.Errorf("queue %d: out of range [0, %d)", index, 2*len(d.pairs))
 	}
-	if err := d.keepControl("TUNSETVNETHDRSZ", func(fd int) error { return tunSetVnetHdrSize(fd, size) }); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.opts.VnetHdrSize = size
-	d.mu.Unlock()
-	return nil
+	return &d.pairs[index/2], index % 2, nil
 }

@@ -1,15 +1,16 @@
-// Package backend owns vmnet's side of the kernel: multi-queue TAP devices
-// and their queue files, and (in later files) the queue-pair engine that
-// moves frames between virtqueues and those files.
+// Package backend is the virtio-net device model over a multi-queue TAP:
+// the features it offers, its config space, the offloads it applies from
+// what the guest acked, and one engine.QueuePair per queue pair, started
+// when both of the pair's virtqueues are and stopped when either stops.
 //
-// A Device follows the TAP lifecycle of DPDK's rtap driver: TUNGETFEATURES
-// first; IFF_TAP|IFF_MULTI_QUEUE|IFF_NO_PI|IFF_VNET_HDR, plus IFF_NAPI when
-// the kernel offers it; a keep-alive file that holds the device and is
-// detached from traffic; one file per queue pair, each non-blocking and
-// close-on-exec; optional persistence; a kernel-assigned name and MAC.
+// It is transport-neutral: an embedding VMM calls StartQueue and StopQueue
+// with its own virtqueues and eventfds (and, with Options.ControlQueue,
+// has the device serve the control virtqueue too), and VhostUser adapts
+// it to the vhost-user server, whose front-end serves the control queue.
+// The config space's link status follows the TAP's administrative state,
+// watched over netlink until Close.
 //
-// What it owns: every file it opens (closed by Device.Close), and the
-// network namespace handle of the device. What it never does: exit the
-// process, log through a global logger, or change the namespace of a
-// thread for longer than one open.
+// It owns its queue pairs, its control queue server and the eventfds it
+// dups; the TAP device stays the caller's. It never exits the process or
+// logs per packet.
 package backend

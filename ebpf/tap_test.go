@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -26,14 +26,14 @@ const (
 type steeringRig struct {
 	t   *testing.T
 	ns  string
-	tap *backend.Device
+	tap *tap.Device
 	mac net.HardwareAddr // the TAP's own
 }
 
 func newSteeringRig(t *testing.T) *steeringRig {
 	testutil.RequireTUN(t)
 	ns := testutil.NetNS(t)
-	tap, err := backend.Create(backend.Options{NetNS: ns, Queues: tapQueues})
+	tap, err := tap.Create(tap.Options{NetNS: ns, Queues: tapQueues})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func (r *steeringRig) collect() (queue map[int]int, frames map[int][]byte) {
 				continue
 			}
 			idle = false
-			f := buf[backend.VnetHdrV1:n]
+			f := buf[tap.VnetHdrV1:n]
 			if sport, ok := udpTo(f, dstPort); ok {
 				if _, dup := queue[sport-40000]; dup {
 					r.t.Errorf("flow %d: a second datagram", sport-40000)
@@ -127,7 +127,7 @@ func (r *steeringRig) reply(q, i int) {
 	gmac, _ := net.ParseMAC(guestMAC)
 	copy(f[0:6], r.mac)
 	copy(f[6:12], gmac)
-	msg := append(make([]byte, backend.VnetHdrV1), f...)
+	msg := append(make([]byte, tap.VnetHdrV1), f...)
 	if _, err := unix.Write(int(r.tap.Queue(q).File().Fd()), msg); err != nil {
 		r.t.Fatalf("write reply of flow %d on queue %d: %v", i, q, err)
 	}

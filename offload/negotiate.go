@@ -3,7 +3,7 @@ package offload
 import (
 	"fmt"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -37,7 +37,7 @@ type OfferOptions struct {
 }
 
 // Offer returns the offload feature bits vmnet may offer the guest, for a
-// TAP whose TUNSETOFFLOAD accepted tun (backend.Features.Offloads; probed
+// TAP whose TUNSETOFFLOAD accepted tun (tap.Features.Offloads; probed
 // false means nobody could ask, so no receive offload is offered). The
 // result is closed under the dependency rules of virtio 1.2 §5.1.3.1: an
 // offload whose prerequisite was filtered out is dropped with it.
@@ -55,7 +55,7 @@ type OfferOptions struct {
 // kernel that also accepts TUN_F_USO4|TUN_F_USO6 (Linux 6.2). What the
 // kernel cannot take is offered only with the software fallbacks (see
 // TXCaps).
-func Offer(tun backend.Offload, probed bool, opts OfferOptions) virtio.Features {
+func Offer(tun tap.Offload, probed bool, opts OfferOptions) virtio.Features {
 	var f virtio.Features
 	if probed && !opts.NoVnetHdr {
 		f |= guestFor(tun)
@@ -69,24 +69,24 @@ func Offer(tun backend.Offload, probed bool, opts OfferOptions) virtio.Features 
 }
 
 // guestFor maps accepted TUN_F_ flags to the receive offloads they carry.
-func guestFor(tun backend.Offload) virtio.Features {
-	if tun&backend.OffloadCsum == 0 {
+func guestFor(tun tap.Offload) virtio.Features {
+	if tun&tap.OffloadCsum == 0 {
 		return 0
 	}
 	f := virtio.NetFGuestCsum
-	if tun&backend.OffloadTSO4 != 0 {
+	if tun&tap.OffloadTSO4 != 0 {
 		f |= virtio.NetFGuestTSO4
 	}
-	if tun&backend.OffloadTSO6 != 0 {
+	if tun&tap.OffloadTSO6 != 0 {
 		f |= virtio.NetFGuestTSO6
 	}
-	if tun&backend.OffloadTSOECN != 0 {
+	if tun&tap.OffloadTSOECN != 0 {
 		f |= virtio.NetFGuestECN
 	}
-	if tun&backend.OffloadUFO != 0 {
+	if tun&tap.OffloadUFO != 0 {
 		f |= virtio.NetFGuestUFO
 	}
-	if tun&(backend.OffloadUSO4|backend.OffloadUSO6) == backend.OffloadUSO4|backend.OffloadUSO6 {
+	if tun&(tap.OffloadUSO4|tap.OffloadUSO6) == tap.OffloadUSO4|tap.OffloadUSO6 {
 		f |= virtio.NetFGuestUSO4 | virtio.NetFGuestUSO6
 	}
 	return f
@@ -137,25 +137,25 @@ func consistent(f virtio.Features) virtio.Features {
 // flags the kernel segments UDP GSO itself before the frame reaches the fd.
 // Likewise nothing is asked without GUEST_CSUM (set_offload refuses any
 // flag without TUN_F_CSUM), and TSO_ECN only beside TSO4 or TSO6.
-func TunFlags(acked virtio.Features) backend.Offload {
+func TunFlags(acked virtio.Features) tap.Offload {
 	if !acked.Has(virtio.NetFGuestCsum) {
 		return 0
 	}
-	o := backend.OffloadCsum
+	o := tap.OffloadCsum
 	if acked.Has(virtio.NetFGuestTSO4) {
-		o |= backend.OffloadTSO4
+		o |= tap.OffloadTSO4
 	}
 	if acked.Has(virtio.NetFGuestTSO6) {
-		o |= backend.OffloadTSO6
+		o |= tap.OffloadTSO6
 	}
-	if acked.Has(virtio.NetFGuestECN) && o&(backend.OffloadTSO4|backend.OffloadTSO6) != 0 {
-		o |= backend.OffloadTSOECN
+	if acked.Has(virtio.NetFGuestECN) && o&(tap.OffloadTSO4|tap.OffloadTSO6) != 0 {
+		o |= tap.OffloadTSOECN
 	}
 	if acked.Has(virtio.NetFGuestUFO) {
-		o |= backend.OffloadUFO
+		o |= tap.OffloadUFO
 	}
 	if acked.Has(virtio.NetFGuestUSO4 | virtio.NetFGuestUSO6) {
-		o |= backend.OffloadUSO4 | backend.OffloadUSO6
+		o |= tap.OffloadUSO4 | tap.OffloadUSO6
 	}
 	return o
 }
@@ -169,7 +169,7 @@ func TunFlags(acked virtio.Features) backend.Offload {
 // ErrNotNegotiated error. A set that breaks a dependency (TSO without
 // GUEST_CSUM) is mapped as TunFlags maps it, to fewer offloads, never to a
 // set the kernel would refuse.
-func GuestOffloads(ctrl uint64, acked virtio.Features) (backend.Offload, error) {
+func GuestOffloads(ctrl uint64, acked virtio.Features) (tap.Offload, error) {
 	set := virtio.Features(ctrl)
 	if !acked.Has(virtio.NetFCtrlGuestOffloads) {
 		return 0, fmt.Errorf("guest offloads %s: NET_F_CTRL_GUEST_OFFLOADS: %w", set, ErrNotNegotiated)

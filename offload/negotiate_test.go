@@ -5,14 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 const (
-	tunAll = backend.OffloadCsum | backend.OffloadTSO4 | backend.OffloadTSO6 | backend.OffloadTSOECN |
-		backend.OffloadUFO | backend.OffloadUSO4 | backend.OffloadUSO6
-	tunNoUSO = tunAll &^ (backend.OffloadUSO4 | backend.OffloadUSO6)
+	tunAll = tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN |
+		tap.OffloadUFO | tap.OffloadUSO4 | tap.OffloadUSO6
+	tunNoUSO = tunAll &^ (tap.OffloadUSO4 | tap.OffloadUSO6)
 
 	hostNoUSO = HostFeatures &^ virtio.NetFHostUSO
 	guestUSO  = virtio.NetFGuestUSO4 | virtio.NetFGuestUSO6
@@ -30,7 +30,7 @@ func mustList(t *testing.T, s string) OfferList {
 func TestOffer(t *testing.T) {
 	tests := []struct {
 		name   string
-		tun    backend.Offload
+		tun    tap.Offload
 		probed bool
 		opts   OfferOptions
 		list   string
@@ -42,13 +42,13 @@ func TestOffer(t *testing.T) {
 		{"not probed", tunAll, false, OfferOptions{}, "", HostFeatures},
 		{"not probed, no software", 0, false, OfferOptions{NoSoftware: true}, "", hostNoUSO},
 		{"nothing accepted", 0, true, OfferOptions{}, "", HostFeatures},
-		{"csum only", backend.OffloadCsum, true, OfferOptions{}, "", HostFeatures | virtio.NetFGuestCsum},
-		{"tso without csum", backend.OffloadTSO4 | backend.OffloadTSO6, true, OfferOptions{}, "", HostFeatures},
-		{"uso4 alone", backend.OffloadCsum | backend.OffloadUSO4, true, OfferOptions{}, "",
+		{"csum only", tap.OffloadCsum, true, OfferOptions{}, "", HostFeatures | virtio.NetFGuestCsum},
+		{"tso without csum", tap.OffloadTSO4 | tap.OffloadTSO6, true, OfferOptions{}, "", HostFeatures},
+		{"uso4 alone", tap.OffloadCsum | tap.OffloadUSO4, true, OfferOptions{}, "",
 			HostFeatures | virtio.NetFGuestCsum},
-		{"ecn without tso", backend.OffloadCsum | backend.OffloadTSOECN, true, OfferOptions{}, "",
+		{"ecn without tso", tap.OffloadCsum | tap.OffloadTSOECN, true, OfferOptions{}, "",
 			HostFeatures | virtio.NetFGuestCsum},
-		{"ecn with tso6", backend.OffloadCsum | backend.OffloadTSO6 | backend.OffloadTSOECN, true, OfferOptions{}, "",
+		{"ecn with tso6", tap.OffloadCsum | tap.OffloadTSO6 | tap.OffloadTSOECN, true, OfferOptions{}, "",
 			HostFeatures | virtio.NetFGuestCsum | virtio.NetFGuestTSO6 | virtio.NetFGuestECN},
 		{"no vnet header", tunAll, true, OfferOptions{NoVnetHdr: true}, "", HostFeatures},
 		{"no vnet header, no software", tunAll, true, OfferOptions{NoVnetHdr: true, NoSoftware: true}, "", 0},
@@ -60,7 +60,7 @@ func TestOffer(t *testing.T) {
 			virtio.NetFCsum | virtio.NetFGuestCsum | virtio.NetFHostTSO4 | virtio.NetFGuestTSO4},
 		{"list one way", tunAll, true, OfferOptions{}, "host_csum,host_uso,guest_csum",
 			virtio.NetFCsum | virtio.NetFHostUSO | virtio.NetFGuestCsum},
-		{"list ecn, kernel without tso_ecn", tunAll &^ backend.OffloadTSOECN, true, OfferOptions{}, "csum,tso4,ecn",
+		{"list ecn, kernel without tso_ecn", tunAll &^ tap.OffloadTSOECN, true, OfferOptions{}, "csum,tso4,ecn",
 			virtio.NetFCsum | virtio.NetFGuestCsum | virtio.NetFHostTSO4 | virtio.NetFGuestTSO4 | virtio.NetFHostECN},
 		{"list guest tso, kernel without csum", 0, true, OfferOptions{}, "guest_csum,guest_tso4", 0},
 	}
@@ -83,7 +83,7 @@ func TestOffer(t *testing.T) {
 // takes and accepted.
 func TestOfferConsistent(t *testing.T) {
 	lists := []OfferList{AllOffloads, NoOffloads, mustList(t, "csum,tso4,ecn"), mustList(t, "host_csum,host_uso,guest_csum,guest_uso")}
-	for tun := range backend.Offload(1 << 7) {
+	for tun := range tap.Offload(1 << 7) {
 		for _, probed := range []bool{false, true} {
 			for o := range 4 {
 				for _, l := range lists {
@@ -108,21 +108,21 @@ func TestOfferConsistent(t *testing.T) {
 func TestTunFlags(t *testing.T) {
 	tests := []struct {
 		acked virtio.Features
-		want  backend.Offload
+		want  tap.Offload
 	}{
 		{0, 0},
-		{virtio.NetFGuestCsum, backend.OffloadCsum},
+		{virtio.NetFGuestCsum, tap.OffloadCsum},
 		{virtio.NetFGuestTSO4 | virtio.NetFGuestTSO6, 0},
 		{GuestFeatures, tunAll},
 		{AllFeatures | virtio.FVersion1 | virtio.NetFMrgRxbuf, tunAll},
 		{HostFeatures, 0},
-		{virtio.NetFGuestCsum | virtio.NetFGuestUSO4, backend.OffloadCsum},
-		{virtio.NetFGuestCsum | virtio.NetFGuestUSO6, backend.OffloadCsum},
-		{virtio.NetFGuestCsum | guestUSO, backend.OffloadCsum | backend.OffloadUSO4 | backend.OffloadUSO6},
-		{virtio.NetFGuestCsum | virtio.NetFGuestECN, backend.OffloadCsum},
+		{virtio.NetFGuestCsum | virtio.NetFGuestUSO4, tap.OffloadCsum},
+		{virtio.NetFGuestCsum | virtio.NetFGuestUSO6, tap.OffloadCsum},
+		{virtio.NetFGuestCsum | guestUSO, tap.OffloadCsum | tap.OffloadUSO4 | tap.OffloadUSO6},
+		{virtio.NetFGuestCsum | virtio.NetFGuestECN, tap.OffloadCsum},
 		{virtio.NetFGuestCsum | virtio.NetFGuestTSO6 | virtio.NetFGuestECN,
-			backend.OffloadCsum | backend.OffloadTSO6 | backend.OffloadTSOECN},
-		{virtio.NetFGuestCsum | virtio.NetFGuestUFO, backend.OffloadCsum | backend.OffloadUFO},
+			tap.OffloadCsum | tap.OffloadTSO6 | tap.OffloadTSOECN},
+		{virtio.NetFGuestCsum | virtio.NetFGuestUFO, tap.OffloadCsum | tap.OffloadUFO},
 	}
 	for _, tt := range tests {
 		if got := TunFlags(tt.acked); got != tt.want {
@@ -151,15 +151,15 @@ func TestGuestOffloads(t *testing.T) {
 		name  string
 		ctrl  virtio.Features
 		acked virtio.Features
-		want  backend.Offload
+		want  tap.Offload
 		err   string
 	}{
 		{"all acked", virtio.NetFGuestCsum | virtio.NetFGuestTSO4 | virtio.NetFGuestUFO | guestUSO, acked,
-			backend.OffloadCsum | backend.OffloadTSO4 | backend.OffloadUFO | backend.OffloadUSO4 | backend.OffloadUSO6, ""},
+			tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadUFO | tap.OffloadUSO4 | tap.OffloadUSO6, ""},
 		{"none", 0, acked, 0, ""},
-		{"csum", virtio.NetFGuestCsum, acked, backend.OffloadCsum, ""},
+		{"csum", virtio.NetFGuestCsum, acked, tap.OffloadCsum, ""},
 		{"tso without csum", virtio.NetFGuestTSO4, acked, 0, ""},
-		{"one uso", virtio.NetFGuestCsum | virtio.NetFGuestUSO4, acked, backend.OffloadCsum, ""},
+		{"one uso", virtio.NetFGuestCsum | virtio.NetFGuestUSO4, acked, tap.OffloadCsum, ""},
 		{"not acked", virtio.NetFGuestCsum | virtio.NetFGuestTSO6, acked, 0,
 			"guest offloads NET_F_GUEST_CSUM|NET_F_GUEST_TSO6: NET_F_GUEST_TSO6: offload not negotiated"},
 		{"host bit", virtio.NetFCsum, acked, 0, "NET_F_CSUM are not guest offloads"},
@@ -293,7 +293,7 @@ func TestFallback(t *testing.T) {
 
 func TestTXCapsFor(t *testing.T) {
 	tests := []struct {
-		tun    backend.Offload
+		tun    tap.Offload
 		probed bool
 		opts   OfferOptions
 		want   TXCaps
@@ -309,7 +309,7 @@ func TestTXCapsFor(t *testing.T) {
 		}
 	}
 	// Whatever Offer offers without software is what the kernel takes.
-	for tun := range backend.Offload(1 << 7) {
+	for tun := range tap.Offload(1 << 7) {
 		for _, probed := range []bool{false, true} {
 			for _, noVnet := range []bool{false, true} {
 				opts := OfferOptions{NoVnetHdr: noVnet, NoSoftware: true}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
@@ -83,7 +83,7 @@ func benchFrame(c benchCase) (virtio.NetHdr, []byte) {
 // background, and one going away would slow the measurements of the next.
 type benchTAP struct {
 	ns   string
-	dev  *backend.Device
+	dev  *tap.Device
 	file *os.File
 	fd   int
 }
@@ -92,7 +92,7 @@ func newBenchTAP(b testing.TB) *benchTAP {
 	b.Helper()
 	testutil.RequireTUN(b)
 	ns := testutil.NetNS(b)
-	dev, err := backend.Create(backend.Options{NetNS: ns})
+	dev, err := tap.Create(tap.Options{NetNS: ns})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -514,12 +514,12 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
-	var offloads backend.Offload
+	var offloads tap.Offload
 	_, frame := benchFrame(c)
 	rxSlot, size := 2048, uint16(1024)
 	if c.gso || c.rxOnly {
 		features |= virtio.NetFGuestCsum | virtio.NetFGuestTSO4
-		offloads = backend.OffloadCsum | backend.OffloadTSO4
+		offloads = tap.OffloadCsum | tap.OffloadTSO4
 	}
 	if c.gso {
 		rxSlot = 4096

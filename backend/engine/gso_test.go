@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -295,7 +295,7 @@ func TestTAPGSOReceive(t *testing.T) {
 func guestAll(t *testing.T) (virtio.Features, bool) {
 	t.Helper()
 	testutil.RequireTUN(t)
-	f, err := backend.Probe()
+	f, err := tap.Probe()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,5 +303,5 @@ func guestAll(t *testing.T) (virtio.Features, bool) {
 		t.Fatalf("offloads not probed as root: %s", f)
 	}
 	can := offload.Offer(f.Offloads, true, offload.OfferOptions{}) & offload.GuestFeatures
-	return allOffloads&^offload.GuestFeatures | allOffloads&can, f.Supports(backend.OffloadUSO4 | backend.OffloadUSO6)
+	return allOffloads&^offload.GuestFeatures | allOffloads&can, f.Supports(tap.OffloadUSO4 | tap.OffloadUSO6)
 }

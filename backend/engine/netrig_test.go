@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -38,7 +38,7 @@ import (
 type netRig struct {
 	*rig
 	t        *testing.T
-	dev      *backend.Device // nil for a TAP without vnet header
+	dev      *tap.Device // nil for a TAP without vnet header
 	ns       string          // the router namespace, with the TAP
 	peer     string          // the peer namespace
 	tapName  string
@@ -61,7 +61,7 @@ var (
 
 type netOptions struct {
 	features  virtio.Features // 0: VERSION_1|MRG_RXBUF
-	offloads  backend.Offload // TUNSETOFFLOAD at start
+	offloads  tap.Offload // TUNSETOFFLOAD at start
 	noVnetHdr bool            // a TAP from ip tuntap, opened without IFF_VNET_HDR
 	mod       func(*Config)   // adjusts every queue pair's config
 }
@@ -141,10 +141,10 @@ func (nr *netRig) use(t *testing.T) *netRig {
 }
 
 // useTAP stops the queue pair and replaces the TAP: one made by
-// backend.Create with a vnet header of hdrLen bytes and TUNSETOFFLOAD
+// tap.Create with a vnet header of hdrLen bytes and TUNSETOFFLOAD
 // offloads, or (noVnetHdr) a multi-queue TAP made by ip tuntap and
 // attached without IFF_VNET_HDR, as an old hypervisor hands one over.
-func (nr *netRig) useTAP(noVnetHdr bool, hdrLen int, offloads backend.Offload) {
+func (nr *netRig) useTAP(noVnetHdr bool, hdrLen int, offloads tap.Offload) {
 	t := nr.t
 	nr.stop()
 	nr.closeTAP()
@@ -161,7 +161,7 @@ func (nr *netRig) useTAP(noVnetHdr bool, hdrLen int, offloads backend.Offload) {
 		}
 		nr.tapMAC = mac
 	} else {
-		dev, err := backend.Create(backend.Options{NetNS: nr.ns, VnetHdrSize: hdrLen, Offloads: offloads})
+		dev, err := tap.Create(tap.Options{NetNS: nr.ns, VnetHdrSize: hdrLen, Offloads: offloads})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -13,21 +13,21 @@ import (
 // negotiable are the TUNSETOFFLOAD flags a guest's GUEST_ features map to
 // (offload.TunFlags); the UDP tunnel flags have no virtio-net feature
 // vmnet offers.
-const negotiable = backend.OffloadCsum | backend.OffloadTSO4 | backend.OffloadTSO6 | backend.OffloadTSOECN |
-	backend.OffloadUFO | backend.OffloadUSO4 | backend.OffloadUSO6
+const negotiable = tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN |
+	tap.OffloadUFO | tap.OffloadUSO4 | tap.OffloadUSO6
 
 // offloadSubsets returns every subset of have the kernel could accept as a
 // whole (Offload.Valid), the empty set first.
-func offloadSubsets(have backend.Offload) []backend.Offload {
-	var bits []backend.Offload
-	for b := backend.Offload(1); b != 0 && b <= have; b <<= 1 {
+func offloadSubsets(have tap.Offload) []tap.Offload {
+	var bits []tap.Offload
+	for b := tap.Offload(1); b != 0 && b <= have; b <<= 1 {
 		if have&b != 0 {
 			bits = append(bits, b)
 		}
 	}
-	var out []backend.Offload
+	var out []tap.Offload
 	for m := 0; m < 1<<len(bits); m++ {
-		var o backend.Offload
+		var o tap.Offload
 		for i, b := range bits {
 			if m&(1<<i) != 0 {
 				o |= b
@@ -51,13 +51,13 @@ func TestTAPOffloadCombinations(t *testing.T) {
 		t.Fatalf("offloads not probed as root: %s", f)
 	}
 	have := f.Offloads & negotiable
-	if have&(backend.OffloadUSO4|backend.OffloadUSO6) == 0 {
+	if have&(tap.OffloadUSO4|tap.OffloadUSO6) == 0 {
 		// USO came with Linux 6.2; older kernels get fewer combinations.
 		t.Logf("kernel without USO (%s): USO combinations not tested", f)
 	}
 	// The guest may send USO frames whatever the kernel takes: before
 	// Linux 6.2 the engine cuts them (offload.TXCapsFor).
-	kernelUSO := f.Supports(backend.OffloadUSO4 | backend.OffloadUSO6)
+	kernelUSO := f.Supports(tap.OffloadUSO4 | tap.OffloadUSO6)
 	nr.mod = func(c *Config) { c.NoUSO = !kernelUSO }
 	subsets := offloadSubsets(have)
 	t.Logf("kernel offloads %s: %d valid combinations", have, len(subsets))
@@ -101,7 +101,7 @@ func TestTAPOffloadCombinations(t *testing.T) {
 // so GUEST_UFO can be acked but never sees one.)
 func TestTAPReceiveECN(t *testing.T) {
 	nr := newNetRig(t, netOptions{})
-	if f := nr.dev.Features(); !f.Supports(backend.OffloadCsum | backend.OffloadTSO4 | backend.OffloadTSOECN) {
+	if f := nr.dev.Features(); !f.Supports(tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSOECN) {
 		testutil.Skip(t, "kernel without TUN_F_TSO_ECN: %s", f)
 	}
 	nr.ecn = true

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
@@ -18,7 +18,7 @@ import (
 // 10.77.0.2 with a fixed MAC.
 type tapRig struct {
 	*rig
-	dev    *backend.Device
+	dev    *tap.Device
 	ns     string
 	tapMAC net.HardwareAddr
 }
@@ -30,7 +30,7 @@ func newTapRig(t *testing.T, features virtio.Features, rxSlot int, mtu int) *tap
 	testutil.RequireTUN(t)
 	ns := testutil.NetNS(t)
 	hdr := virtio.HdrLenFor(features)
-	dev, err := backend.Create(backend.Options{NetNS: ns, VnetHdrSize: hdr})
+	dev, err := tap.Create(tap.Options{NetNS: ns, VnetHdrSize: hdr})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 )
 
 // TAP is what a serve-fds server handed over: one file per queue pair,
@@ -63,9 +63,9 @@ func Get(ctx context.Context, path string, req Request) (*TAP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read serve-fds reply from %s: %w", path, ctxErr(ctx, err))
 	}
-	tap := &TAP{Files: files}
+	t := &TAP{Files: files}
 	fail := func(err error) (*TAP, error) {
-		tap.Close()
+		t.Close()
 		return nil, err
 	}
 	if n == 0 {
@@ -82,14 +82,14 @@ func Get(ctx context.Context, path string, req Request) (*TAP, error) {
 		return fail(fmt.Errorf("read serve-fds reply from %s: %d queues announced and %d files attached, asked for %d: %w",
 			path, reply.Queues, len(files), req.Queues, ErrMalformed))
 	}
-	if !backend.IsTemplate(req.Name) && reply.Name != req.Name {
+	if !tap.IsTemplate(req.Name) && reply.Name != req.Name {
 		return fail(fmt.Errorf("read serve-fds reply from %s: got TAP %q, asked for %q: %w", path, reply.Name, req.Name, ErrMalformed))
 	}
 	if want := req.VnetHdr; want != 0 && reply.VnetHdr != want {
 		return fail(fmt.Errorf("read serve-fds reply from %s: got vnet header size %d, asked for %d: %w", path, reply.VnetHdr, want, ErrMalformed))
 	}
-	tap.Name, tap.VnetHdr = reply.Name, reply.VnetHdr
-	return tap, nil
+	t.Name, t.VnetHdr = reply.Name, reply.VnetHdr
+	return t, nil
 }
 
 // ctxErr prefers the context's error to the deadline error it caused.

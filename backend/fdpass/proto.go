@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 )
 
 // The serve-fds protocol, version 1. The client sends one request, the
@@ -52,19 +52,19 @@ type Request struct {
 // Validate checks r the way the server does before it looks at anything
 // else: names as the kernel's dev_valid_name would, counts in range.
 func (r Request) Validate() error {
-	if err := backend.ValidateName(r.Name, true); err != nil {
+	if err := tap.ValidateName(r.Name, true); err != nil {
 		return &protoError{msg: "name", err: err}
 	}
 	if r.Queues < 1 || r.Queues > MaxFiles {
 		return malformed("queues %d: want 1 to %d", r.Queues, MaxFiles)
 	}
 	if r.Bridge != "" {
-		if err := backend.ValidateName(r.Bridge, false); err != nil {
+		if err := tap.ValidateName(r.Bridge, false); err != nil {
 			return &protoError{msg: "bridge", err: err}
 		}
 	}
 	switch r.VnetHdr {
-	case 0, backend.VnetHdrLegacy, backend.VnetHdrV1, backend.VnetHdrHash:
+	case 0, tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
 	default:
 		return malformed("vnet-hdr %d: want 10, 12 or 20", r.VnetHdr)
 	}
@@ -181,7 +181,7 @@ func ParseReply(msg []byte) (Reply, error) {
 		}
 	}
 	r.Name = fields["name"]
-	if err := backend.ValidateName(r.Name, false); err != nil {
+	if err := tap.ValidateName(r.Name, false); err != nil {
 		return Reply{}, &protoError{msg: "name", err: err}
 	}
 	if r.Queues, err = parseCount("queues", fields["queues"]); err != nil {
@@ -194,7 +194,7 @@ func ParseReply(msg []byte) (Reply, error) {
 		return Reply{}, err
 	}
 	switch r.VnetHdr {
-	case backend.VnetHdrLegacy, backend.VnetHdrV1, backend.VnetHdrHash:
+	case tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
 	default:
 		return Reply{}, malformed("vnet-hdr %d: want 10, 12 or 20", r.VnetHdr)
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 )
 
 // Handler decides a request from peer and, when it grants it, makes the
@@ -174,15 +174,15 @@ func checkGrant(req Request, g Grant) error {
 	if len(g.Files) != req.Queues {
 		return fmt.Errorf("%d files for %d queues", len(g.Files), req.Queues)
 	}
-	if err := backend.ValidateName(g.Name, false); err != nil {
+	if err := tap.ValidateName(g.Name, false); err != nil {
 		return err
 	}
-	if !backend.IsTemplate(req.Name) && g.Name != req.Name {
+	if !tap.IsTemplate(req.Name) && g.Name != req.Name {
 		return fmt.Errorf("TAP %q for a request for %q", g.Name, req.Name)
 	}
 	want := req.VnetHdr
 	if want == 0 {
-		want = backend.VnetHdrV1
+		want = tap.VnetHdrV1
 	}
 	if g.VnetHdr != want {
 		return fmt.Errorf("vnet header size %d, asked for %d", g.VnetHdr, want)

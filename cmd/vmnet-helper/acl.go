@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 )
 
 // The access list says which bridges a caller may attach a TAP to and
@@ -167,7 +167,7 @@ func parseACL(data []byte, file string, ids idLookup) (rules []aclRule, includes
 		}
 		r.name = words[1]
 		if r.name != "all" {
-			if err := backend.ValidateName(r.name, r.kind == kindTap); err != nil {
+			if err := tap.ValidateName(r.name, r.kind == kindTap); err != nil {
 				return nil, nil, &aclError{where: where, msg: verb, err: err}
 			}
 		}
@@ -247,7 +247,7 @@ func nameMatches(rule, name string) bool {
 	if rule == "all" || rule == name {
 		return true
 	}
-	if !backend.IsTemplate(rule) || backend.IsTemplate(name) {
+	if !tap.IsTemplate(rule) || tap.IsTemplate(name) {
 		return false
 	}
 	prefix, suffix, _ := strings.Cut(rule, "%d")

@@ -9,7 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"golang.org/x/sys/unix"
 )
@@ -58,7 +58,7 @@ func runBridgeHelper(ctx context.Context, args []string, stdout, stderr io.Write
 	if *bridge == "" {
 		return usagef("bridge-helper: --br=BRIDGE missing")
 	}
-	if err := backend.ValidateName(*bridge, false); err != nil {
+	if err := tap.ValidateName(*bridge, false); err != nil {
 		return usagef("bridge-helper: --br: %v", err)
 	}
 	conn, err := socketFromFd(*sockFd)
@@ -86,7 +86,7 @@ func runBridgeHelper(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := requireNetAdmin("bridge-helper"); err != nil {
 		return err
 	}
-	br, err := backend.LookupBridge(*bridge, "")
+	br, err := tap.LookupBridge(*bridge, "")
 	if err != nil {
 		return fmt.Errorf("bridge-helper: %w", err)
 	}
@@ -96,17 +96,17 @@ func runBridgeHelper(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 
 	// What qemu-bridge-helper makes: a one-queue "tap%d".
-	f, name, err := backend.CreateSingleQueue(backend.SingleQueueOptions{NoVnetHdr: !*useVnet, Logger: log})
+	f, name, err := tap.CreateSingleQueue(tap.SingleQueueOptions{NoVnetHdr: !*useVnet, Logger: log})
 	if err != nil {
 		return fmt.Errorf("bridge-helper: create tap: %w", err)
 	}
 	defer f.Close()
 	log = log.With("tap", name, "bridge", br.Name)
-	info, err := backend.Lookup(name, "")
+	info, err := tap.Lookup(name, "")
 	if err != nil {
 		return fmt.Errorf("bridge-helper: %w", err)
 	}
-	if err := backend.ConfigureLink(name, "", backend.LinkConfig{
+	if err := tap.ConfigureLink(name, "", tap.LinkConfig{
 		MAC:    portMAC(info.MAC),
 		MTU:    br.MTU,
 		Bridge: br.Name,

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
@@ -83,14 +83,14 @@ func TestBridgeHelperProtocol(t *testing.T) {
 		if !strings.HasPrefix(name, "tap") {
 			t.Errorf("TAP name %q, want tap%%d", name)
 		}
-		info, err := backend.Lookup(name, ns)
+		info, err := tap.Lookup(name, ns)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if info.MultiQueue || !info.VnetHdr || info.PI || info.Persist || info.MTU != 1400 || !info.Up || info.MAC[0] != 0xfe {
 			t.Errorf("TAP: got %+v; want single queue, vnet_hdr, mtu 1400 (the bridge's), up, MAC starting fe", info)
 		}
-		if m, err := backend.Master(name, ns); err != nil || m != "br0" {
+		if m, err := tap.Master(name, ns); err != nil || m != "br0" {
 			t.Errorf("master: got %q, %v; want br0", m, err)
 		}
 		// 10: the kernel's vnet header size until QEMU sets its own.
@@ -99,7 +99,7 @@ func TestBridgeHelperProtocol(t *testing.T) {
 			t.Error(err)
 		}
 		r.files[0].Close()
-		if _, err := backend.Lookup(name, ns); err == nil {
+		if _, err := tap.Lookup(name, ns); err == nil {
 			t.Errorf("TAP %s outlived QEMU's descriptor", name)
 		}
 	})
@@ -109,7 +109,7 @@ func TestBridgeHelperProtocol(t *testing.T) {
 		if r.code != 0 || len(r.files) != 1 {
 			t.Fatalf("helper: exit %d, %d files, stderr %q", r.code, len(r.files), r.stderr)
 		}
-		info, err := backend.Lookup(tapName(t, os.Getpid(), fileFd(t, r.files[0])), ns)
+		info, err := tap.Lookup(tapName(t, os.Getpid(), fileFd(t, r.files[0])), ns)
 		if err != nil {
 			t.Fatal(err)
 		}

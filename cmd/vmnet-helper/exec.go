@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"golang.org/x/sys/unix"
 )
@@ -53,13 +53,13 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var lf logFlags
 	var o execOptions
 	lf.register(fs)
-	fs.StringVar(&o.tap, "tap", backend.DefaultName, "TAP name or template with one %d")
+	fs.StringVar(&o.tap, "tap", tap.DefaultName, "TAP name or template with one %d")
 	fs.IntVar(&o.queues, "queues", 1, "queue pairs, one descriptor each (1 to 253)")
 	fs.StringVar(&o.bridge, "bridge", "", "bridge to attach the TAP to")
 	fs.StringVar(&o.netns, "netns", "", "network namespace for the TAP (refused when setuid)")
 	fs.StringVar((*string)(&o.steering), "steering", string(ebpf.SteeringKernel), "queue steering: kernel (tun's flow table) or hash (eBPF: a flow keeps its queue; needs CAP_BPF)")
 	fs.StringVar(&o.offloads, "offloads", "none", "TUNSETOFFLOAD set before the hypervisor sets its own: none or csum,tso4,...")
-	fs.IntVar(&o.vnetHdr, "vnet-hdr", backend.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
+	fs.IntVar(&o.vnetHdr, "vnet-hdr", tap.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
 	fs.StringVar(&o.mac, "mac", "", "guest MAC for {mac}; default a random locally administered one")
 	fs.IntVar(&o.mtu, "mtu", 0, "TAP MTU; default the bridge's, or the kernel's 1500")
 	fs.BoolVar(&o.persist, "persist", false, "keep the TAP after the hypervisor exits (refused when setuid)")
@@ -134,7 +134,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	mtu := o.mtu
 	if o.bridge != "" {
-		br, err := backend.LookupBridge(o.bridge, o.netns)
+		br, err := tap.LookupBridge(o.bridge, o.netns)
 		if err != nil {
 			return fmt.Errorf("exec: %w", err)
 		}
@@ -142,7 +142,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			mtu = br.MTU
 		}
 	}
-	dev, err := backend.Create(backend.Options{
+	dev, err := tap.Create(tap.Options{
 		Name:        o.tap,
 		Queues:      o.queues,
 		VnetHdrSize: o.vnetHdr,
@@ -220,20 +220,20 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // validate checks every option before anything is made, and returns the
 // parsed offloads and guest MAC.
-func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
-	if err := backend.ValidateName(o.tap, true); err != nil {
+func (o *execOptions) validate() (tap.Offload, net.HardwareAddr, error) {
+	if err := tap.ValidateName(o.tap, true); err != nil {
 		return 0, nil, usagef("exec: --tap: %v", err)
 	}
 	if o.queues < 1 || o.queues > 253 {
 		return 0, nil, usagef("exec: --queues %d: want 1 to 253", o.queues)
 	}
 	if o.bridge != "" {
-		if err := backend.ValidateName(o.bridge, false); err != nil {
+		if err := tap.ValidateName(o.bridge, false); err != nil {
 			return 0, nil, usagef("exec: --bridge: %v", err)
 		}
 	}
 	if o.netns != "" {
-		if err := backend.CheckNetNS(o.netns); err != nil {
+		if err := tap.CheckNetNS(o.netns); err != nil {
 			return 0, nil, usagef("exec: --netns: %v", err)
 		}
 	}
@@ -242,7 +242,7 @@ func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
 		return 0, nil, err
 	}
 	o.steering = steering
-	offloads, err := backend.ParseOffload(o.offloads)
+	offloads, err := tap.ParseOffload(o.offloads)
 	if err != nil {
 		return 0, nil, usagef("exec: --offloads: %v", err)
 	}
@@ -250,7 +250,7 @@ func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
 		return 0, nil, usagef("exec: --offloads %s: every offload needs csum, uso4 and uso6 go together, tso_ecn needs tso4 or tso6", offloads)
 	}
 	switch o.vnetHdr {
-	case backend.VnetHdrLegacy, backend.VnetHdrV1, backend.VnetHdrHash:
+	case tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
 	default:
 		return 0, nil, usagef("exec: --vnet-hdr %d: want 10, 12 or 20", o.vnetHdr)
 	}
@@ -270,7 +270,7 @@ func (o *execOptions) validate() (backend.Offload, net.HardwareAddr, error) {
 
 // prepareTap sets the TAP's link up and returns a duplicate of each queue
 // file and the TAP's MAC. On error every duplicate is closed.
-func prepareTap(dev *backend.Device, o execOptions, mtu int) (files []*os.File, tapMAC net.HardwareAddr, err error) {
+func prepareTap(dev *tap.Device, o execOptions, mtu int) (files []*os.File, tapMAC net.HardwareAddr, err error) {
 	defer func() {
 		if err != nil {
 			for _, f := range files {
@@ -287,7 +287,7 @@ func prepareTap(dev *backend.Device, o execOptions, mtu int) (files []*os.File, 
 	if o.bridge != "" {
 		tapMAC = portMAC(info.MAC)
 	}
-	if err := backend.ConfigureLink(dev.Name(), o.netns, backend.LinkConfig{MAC: tapMAC, MTU: mtu, Bridge: o.bridge, Up: true}); err != nil {
+	if err := tap.ConfigureLink(dev.Name(), o.netns, tap.LinkConfig{MAC: tapMAC, MTU: mtu, Bridge: o.bridge, Up: true}); err != nil {
 		return nil, nil, fmt.Errorf("exec: %w", err)
 	}
 	for i := 0; i < dev.NumQueues(); i++ {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
@@ -133,14 +133,14 @@ func TestExecFdHygieneAndPrivileges(t *testing.T) {
 	if hst["CapEff"] != "0000000000000000" || hst["CapPrm"] != "0000000000000000" || hst["NoNewPrivs"] != "1" {
 		t.Errorf("waiting helper: CapEff %s CapPrm %s NoNewPrivs %s, want none and 1", hst["CapEff"], hst["CapPrm"], hst["NoNewPrivs"])
 	}
-	info, err := backend.Lookup("hyg0", ns)
+	info, err := tap.Lookup("hyg0", ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.Queues != 2 || info.DisabledQueues != 0 || info.MTU != 1450 || !info.Up || info.MAC[0] != 0xfe {
 		t.Errorf("TAP: got %+v; want 2 attached queues, no keep-alive file, the bridge's mtu, up, MAC starting fe", info)
 	}
-	if m, _ := backend.Master("hyg0", ns); m != "br0" {
+	if m, _ := tap.Master("hyg0", ns); m != "br0" {
 		t.Errorf("master: got %q, want br0", m)
 	}
 
@@ -158,12 +158,12 @@ func TestExecFdHygieneAndPrivileges(t *testing.T) {
 		syscall.Kill(child, syscall.SIGKILL)
 	}
 	for i := 0; i < 100; i++ {
-		if _, err := backend.Lookup("hyg0", ns); err != nil {
+		if _, err := tap.Lookup("hyg0", ns); err != nil {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := backend.Lookup("hyg0", ns); err == nil {
+	if _, err := tap.Lookup("hyg0", ns); err == nil {
 		t.Error("TAP hyg0 outlived its child")
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
@@ -91,9 +91,9 @@ func TestUnprivilegedUser(t *testing.T) {
 			if r.code != 0 || len(r.files) != 1 {
 				t.Fatalf("allowed bridge: exit %d, %d files, stderr %q", r.code, len(r.files), r.stderr)
 			}
-			tap := tapName(t, os.Getpid(), fileFd(t, r.files[0]))
-			if m, err := backend.Master(tap, ns); err != nil || m != "br0" {
-				t.Errorf("TAP %s: master %q, %v; want br0", tap, m, err)
+			name := tapName(t, os.Getpid(), fileFd(t, r.files[0]))
+			if m, err := tap.Master(name, ns); err != nil || m != "br0" {
+				t.Errorf("TAP %s: master %q, %v; want br0", name, m, err)
 			}
 			mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 2}
 			if err := testutil.ARPExchange(r.files, 10, mac, net.IPv4(10, 40, 0, 99), net.IPv4(10, 40, 0, 1), 10*time.Second); err != nil {

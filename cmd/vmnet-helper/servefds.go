@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"golang.org/x/sys/unix"
 )
@@ -86,7 +86,7 @@ func runServeFds(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := requireNetAdmin("serve-fds"); err != nil {
 		return err
 	}
-	if _, err := backend.Probe(); err != nil {
+	if _, err := tap.Probe(); err != nil {
 		return fmt.Errorf("serve-fds: %w", err)
 	}
 	l, ino, err := listenSeqpacket(c.socket, c.mode, gid)
@@ -128,15 +128,15 @@ func (c serveFdsConfig) handler(log hclog.Logger) fdpass.Handler {
 }
 
 func makeGrant(req fdpass.Request, log hclog.Logger) (g fdpass.Grant, err error) {
-	cfg := backend.LinkConfig{Up: true}
+	cfg := tap.LinkConfig{Up: true}
 	if req.Bridge != "" {
-		br, err := backend.LookupBridge(req.Bridge, "")
+		br, err := tap.LookupBridge(req.Bridge, "")
 		if err != nil {
 			return g, err
 		}
 		cfg.Bridge, cfg.MTU = br.Name, br.MTU
 	}
-	dev, err := backend.Create(backend.Options{Name: req.Name, Queues: req.Queues, VnetHdrSize: req.VnetHdr, Logger: log})
+	dev, err := tap.Create(tap.Options{Name: req.Name, Queues: req.Queues, VnetHdrSize: req.VnetHdr, Logger: log})
 	if err != nil {
 		return g, fmt.Errorf("create tap: %w", err)
 	}
@@ -157,7 +157,7 @@ func makeGrant(req fdpass.Request, log hclog.Logger) (g fdpass.Grant, err error)
 		}
 		cfg.MAC = portMAC(info.MAC)
 	}
-	if err := backend.ConfigureLink(dev.Name(), "", cfg); err != nil {
+	if err := tap.ConfigureLink(dev.Name(), "", cfg); err != nil {
 		return g, err
 	}
 	g.Name, g.VnetHdr = dev.Name(), dev.VnetHdrSize()

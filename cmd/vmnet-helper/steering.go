@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
 )
 
@@ -34,7 +34,7 @@ func parseSteering(cmd, s string, allowAuto bool) (ebpf.Steering, error) {
 // also detaches a program a persistent TAP kept from an earlier user. For
 // auto it falls back to the kernel's steering, with a warning, when the
 // program cannot be loaded for lack of privileges.
-func applySteering(dev *backend.Device, mode ebpf.Steering, log hclog.Logger) error {
+func applySteering(dev *tap.Device, mode ebpf.Steering, log hclog.Logger) error {
 	if mode == steeringAuto {
 		mode = ebpf.SteeringKernel
 		if dev.NumQueues() > 1 {
@@ -53,7 +53,7 @@ func applySteering(dev *backend.Device, mode ebpf.Steering, log hclog.Logger) er
 	return setSteering(dev, mode)
 }
 
-func setSteering(dev *backend.Device, mode ebpf.Steering) error {
+func setSteering(dev *tap.Device, mode ebpf.Steering) error {
 	if mode != ebpf.SteeringHash {
 		if err := dev.SetSteeringEBPF(-1); err != nil {
 			return fmt.Errorf("steering %s: %w", mode, err)

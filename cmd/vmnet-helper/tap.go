@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
 )
 
@@ -36,7 +36,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("tap create")
 	var (
 		lf      logFlags
-		opts    backend.Options
+		opts    tap.Options
 		owner   = fs.String("owner", "", "user (name or uid) allowed to attach queues without CAP_NET_ADMIN")
 		group   = fs.String("group", "", "group (name or gid) allowed to attach queues without CAP_NET_ADMIN")
 		mtu     = fs.Int("mtu", 0, "MTU (68 to 65521); 0 keeps the kernel's 1500")
@@ -46,10 +46,10 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		steer   = fs.String("steering", "kernel", "queue steering: kernel (tun's flow table) or hash (eBPF, stays with a persistent TAP; needs CAP_BPF)")
 	)
 	lf.register(fs)
-	fs.StringVar(&opts.Name, "name", backend.DefaultName, "interface name or template with one %d")
+	fs.StringVar(&opts.Name, "name", tap.DefaultName, "interface name or template with one %d")
 	fs.IntVar(&opts.Queues, "queues", 1, "queue pairs (1 to 255)")
 	fs.StringVar(&opts.NetNS, "netns", "", "network namespace (name under /run/netns or path) to create the device in")
-	fs.IntVar(&opts.VnetHdrSize, "vnet-hdr", backend.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
+	fs.IntVar(&opts.VnetHdrSize, "vnet-hdr", tap.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
 	fs.BoolVar(&opts.NoNAPI, "no-napi", false, "do not use IFF_NAPI even when the kernel offers it")
 	log, err := parseCommand(fs, args, stderr, &lf)
 	if err != nil {
@@ -58,7 +58,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	opts.Logger = log
 	// Everything is checked before anything is created.
 	if opts.Queues < 1 {
-		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, backend.MaxQueues)
+		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, tap.MaxQueues)
 	}
 	if opts.VnetHdrSize == 0 {
 		return usagef("tap create: --vnet-hdr 0: want 10, 12 or 20")
@@ -72,20 +72,20 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if opts.Group, err = lookupID(*group, "group", user.LookupGroup, func(g *user.Group) string { return g.Gid }); err != nil {
 		return err
 	}
-	if err := backend.ValidateName(opts.Name, true); err != nil {
+	if err := tap.ValidateName(opts.Name, true); err != nil {
 		return usagef("tap create: --name: %v", err)
 	}
-	if opts.Queues > backend.MaxQueues {
-		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, backend.MaxQueues)
+	if opts.Queues > tap.MaxQueues {
+		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, tap.MaxQueues)
 	}
 	switch opts.VnetHdrSize {
-	case backend.VnetHdrLegacy, backend.VnetHdrV1, backend.VnetHdrHash:
+	case tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
 	default:
 		return usagef("tap create: --vnet-hdr %d: want 10, 12 or 20", opts.VnetHdrSize)
 	}
 
 	if *bridge != "" {
-		if err := backend.ValidateName(*bridge, false); err != nil {
+		if err := tap.ValidateName(*bridge, false); err != nil {
 			return usagef("tap create: --bridge: %v", err)
 		}
 	}
@@ -109,7 +109,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	// Created non-persistent and made persistent last, so a failure half
 	// way leaves nothing behind.
-	dev, err := backend.Create(opts)
+	dev, err := tap.Create(opts)
 	if err != nil {
 		return fmt.Errorf("create tap: %w", err)
 	}
@@ -174,7 +174,7 @@ func tapDelete(args []string, stdout, stderr io.Writer) error {
 	if _, err := lf.logger(stderr); err != nil {
 		return err
 	}
-	return backend.Delete(name, *netNS)
+	return tap.Delete(name, *netNS)
 }
 
 func tapShow(args []string, stdout, stderr io.Writer) error {
@@ -192,19 +192,19 @@ func tapShow(args []string, stdout, stderr io.Writer) error {
 	if _, err := lf.logger(stderr); err != nil {
 		return err
 	}
-	info, err := backend.Lookup(name, *netNS)
+	info, err := tap.Lookup(name, *netNS)
 	if err != nil {
 		return err
 	}
 	hdr := "unknown (queues attached; read only while the device is idle)"
 	if !info.VnetHdr {
 		hdr = "none"
-	} else if n, err := backend.VnetHdrSizeOf(name, *netNS); err == nil {
+	} else if n, err := tap.VnetHdrSizeOf(name, *netNS); err == nil {
 		hdr = fmt.Sprintf("%d bytes", n)
-	} else if !errors.Is(err, backend.ErrBusy) {
+	} else if !errors.Is(err, tap.ErrBusy) {
 		return err
 	}
-	features, err := backend.Probe()
+	features, err := tap.Probe()
 	if err != nil {
 		return err
 	}
@@ -254,7 +254,7 @@ func oneName(args []string, cmd string) (string, error) {
 	if len(args) != 1 {
 		return "", usagef("%s: want exactly one device name, got %d arguments", cmd, len(args))
 	}
-	if err := backend.ValidateName(args[0], false); err != nil {
+	if err := tap.ValidateName(args[0], false); err != nil {
 		return "", usagef("%s: %v", cmd, err)
 	}
 	return args[0], nil
@@ -262,10 +262,10 @@ func oneName(args []string, cmd string) (string, error) {
 
 // tapLinkConfig is what tap create sets on the link: the MTU asked for,
 // else the bridge's; the bridge; and, on a bridge, up.
-func tapLinkConfig(netNS, bridge string, mtu int) (backend.LinkConfig, error) {
-	c := backend.LinkConfig{MTU: mtu, Bridge: bridge, Up: bridge != ""}
+func tapLinkConfig(netNS, bridge string, mtu int) (tap.LinkConfig, error) {
+	c := tap.LinkConfig{MTU: mtu, Bridge: bridge, Up: bridge != ""}
 	if bridge != "" {
-		br, err := backend.LookupBridge(bridge, netNS)
+		br, err := tap.LookupBridge(bridge, netNS)
 		if err != nil {
 			return c, fmt.Errorf("tap create: %w", err)
 		}
@@ -278,24 +278,24 @@ func tapLinkConfig(netNS, bridge string, mtu int) (backend.LinkConfig, error) {
 
 // configureTapLink applies c, giving a bridge port the 0xfe-first MAC
 // that keeps it from becoming the bridge's address.
-func configureTapLink(name, netNS string, c backend.LinkConfig) error {
+func configureTapLink(name, netNS string, c tap.LinkConfig) error {
 	if c.Bridge != "" {
-		info, err := backend.Lookup(name, netNS)
+		info, err := tap.Lookup(name, netNS)
 		if err != nil {
 			return err
 		}
 		c.MAC = portMAC(info.MAC)
 	}
-	return backend.ConfigureLink(name, netNS, c)
+	return tap.ConfigureLink(name, netNS, c)
 }
 
 // tapCreateSingle makes the one-queue TAP a hypervisor opens by name.
-func tapCreateSingle(ctx context.Context, opts backend.Options, bridge string, mtu int, persist bool, log hclog.Logger, stdout io.Writer) error {
+func tapCreateSingle(ctx context.Context, opts tap.Options, bridge string, mtu int, persist bool, log hclog.Logger, stdout io.Writer) error {
 	link, err := tapLinkConfig(opts.NetNS, bridge, mtu)
 	if err != nil {
 		return err
 	}
-	f, name, err := backend.CreateSingleQueue(backend.SingleQueueOptions{
+	f, name, err := tap.CreateSingleQueue(tap.SingleQueueOptions{
 		Name: opts.Name, Persist: persist, Owner: opts.Owner, Group: opts.Group, NetNS: opts.NetNS, Logger: log,
 	})
 	if err != nil {
@@ -305,7 +305,7 @@ func tapCreateSingle(ctx context.Context, opts backend.Options, bridge string, m
 	if bridge != "" || mtu != 0 {
 		if err := configureTapLink(name, opts.NetNS, link); err != nil {
 			if persist {
-				_ = backend.Delete(name, opts.NetNS)
+				_ = tap.Delete(name, opts.NetNS)
 			}
 			return err
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
@@ -89,7 +89,7 @@ func TestTapCreateShowDelete(t *testing.T) {
 	if name != "guest0" {
 		t.Fatalf("printed name %q, want guest0", name)
 	}
-	info, err := backend.Lookup(name, ns)
+	info, err := tap.Lookup(name, ns)
 	if err != nil {
 		t.Fatalf("device gone after a --persist create: %v", err)
 	}
@@ -109,7 +109,7 @@ func TestTapCreateShowDelete(t *testing.T) {
 	if _, _, err := runHelper("tap", "delete", "--netns", ns, name); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := backend.Lookup(name, ns); err == nil {
+	if _, err := tap.Lookup(name, ns); err == nil {
 		t.Error("device still there after tap delete")
 	}
 	if _, _, err := runHelper("tap", "delete", "--netns", ns, name); err == nil {
@@ -128,7 +128,7 @@ func TestTapCreateLivesUntilSignal(t *testing.T) {
 	}()
 	var err error
 	for i := 0; i < 100; i++ {
-		if _, err = backend.Lookup("live0", ns); err == nil {
+		if _, err = tap.Lookup("live0", ns); err == nil {
 			break
 		}
 		select {
@@ -145,7 +145,7 @@ func TestTapCreateLivesUntilSignal(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := backend.Lookup("live0", ns); err == nil {
+	if _, err := tap.Lookup("live0", ns); err == nil {
 		t.Error("non-persistent device outlived tap create")
 	}
 }
@@ -165,14 +165,14 @@ func TestTapCreateSingleQueueOnBridge(t *testing.T) {
 	if strings.TrimSpace(out) != "fc0" {
 		t.Errorf("printed %q, want fc0", out)
 	}
-	info, err := backend.Lookup("fc0", ns)
+	info, err := tap.Lookup("fc0", ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.MultiQueue || !info.VnetHdr || !info.Persist || info.Owner != 65534 || info.MTU != 1400 || !info.Up || info.MAC[0] != 0xfe {
 		t.Errorf("device: got %+v; want one queue, vnet_hdr, persistent, owner 65534, the bridge's mtu, up, MAC starting fe", info)
 	}
-	if m, _ := backend.Master("fc0", ns); m != "br0" {
+	if m, _ := tap.Master("fc0", ns); m != "br0" {
 		t.Errorf("master: got %q, want br0", m)
 	}
 	if _, _, err := runHelper("tap", "delete", "--netns", ns, "fc0"); err != nil {

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/backend"
-	"github.com/vmnet-dev/vmnet/backend/netdev"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/vhostuser"
@@ -53,7 +53,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	var f vhostUserFlags
 	fs.StringVar(&f.socket, "socket", "", "unix socket path (required)")
 	fs.BoolVar(&f.client, "client", false, "connect to a front-end that listens (QEMU server=on) instead of listening")
-	fs.StringVar(&f.tap, "tap", backend.DefaultName, "TAP name (used as given, created if missing) or template with one %d")
+	fs.StringVar(&f.tap, "tap", tap.DefaultName, "TAP name (used as given, created if missing) or template with one %d")
 	fs.IntVar(&f.queues, "queues", 1, "queue pairs (1 to 255)")
 	fs.StringVar(&f.netns, "netns", "", "network namespace the TAP lives in (the helper itself stays where it started)")
 	fs.BoolVar(&f.persist, "persist", false, "keep the TAP after vmnet-helper exits")
@@ -72,8 +72,8 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	switch {
 	case f.socket == "":
 		return nil, usagef("vhost-user: --socket is required")
-	case f.queues < 1 || f.queues > backend.MaxQueues:
-		return nil, usagef("vhost-user: --queues %d: want 1 to %d", f.queues, backend.MaxQueues)
+	case f.queues < 1 || f.queues > tap.MaxQueues:
+		return nil, usagef("vhost-user: --queues %d: want 1 to %d", f.queues, tap.MaxQueues)
 	case f.mtu != 0 && (f.mtu < 68 || f.mtu > 65521):
 		return nil, usagef("vhost-user: --mtu %d: want 68 to 65521", f.mtu)
 	case f.busyPoll < 0 || f.busyPoll > time.Second:
@@ -84,10 +84,10 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 			return nil, usagef("vhost-user: --socket %s: directory %s does not exist", f.socket, dir)
 		}
 	}
-	if err := backend.ValidateName(f.tap, true); err != nil {
+	if err := tap.ValidateName(f.tap, true); err != nil {
 		return nil, usagef("vhost-user: --tap: %v", err)
 	}
-	c.literal = !backend.IsTemplate(f.tap)
+	c.literal = !tap.IsTemplate(f.tap)
 	if f.mac != "" {
 		if c.mac, err = net.ParseMAC(f.mac); err != nil || len(c.mac) != 6 || c.mac[0]&1 != 0 || isZero(c.mac) {
 			return nil, usagef("vhost-user: --mac %q: want a unicast Ethernet address such as 52:54:00:12:34:56", f.mac)
@@ -100,7 +100,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 		return nil, err
 	}
 	if f.netns != "" {
-		if err := backend.CheckNetNS(f.netns); err != nil {
+		if err := tap.CheckNetNS(f.netns); err != nil {
 			return nil, usagef("vhost-user: --netns %s: %v", f.netns, err)
 		}
 	}
@@ -123,34 +123,34 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	log := c.logger
-	tap, err := openOrCreateTap(c)
+	tp, err := openOrCreateTap(c)
 	if err != nil {
 		return err
 	}
-	defer tap.Close()
+	defer tp.Close()
 	if c.mtu != 0 {
-		if err := tap.SetMTU(c.mtu); err != nil {
+		if err := tp.SetMTU(c.mtu); err != nil {
 			return err
 		}
 	}
-	if err := tap.SetUp(true); err != nil {
+	if err := tp.SetUp(true); err != nil {
 		return err
 	}
-	if err := applySteering(tap, c.steer, log); err != nil {
+	if err := applySteering(tp, c.steer, log); err != nil {
 		return err
 	}
-	dev, err := netdev.New(netdev.Options{TAP: tap, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll,
+	dev, err := backend.New(backend.Options{TAP: tp, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll,
 		NoIOURing: !c.ioURing, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer dev.Close()
 	if c.persist {
-		if err := tap.SetPersist(true); err != nil {
+		if err := tp.SetPersist(true); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintln(stdout, tap.Name())
+	fmt.Fprintln(stdout, tp.Name())
 	srv := vhostuser.NewServer(dev.VhostUser(), vhostuser.Options{Logger: log})
 
 	usr1 := make(chan os.Signal, 1)
@@ -162,38 +162,38 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			case <-ctx.Done():
 				return
 			case <-usr1:
-				printStats(stderr, tap.Name(), dev, srv)
+				printStats(stderr, tp.Name(), dev, srv)
 			}
 		}
 	}()
 
-	log.Info("serving vhost-user", "socket", c.socket, "client", c.client, "tap", tap.Name(),
+	log.Info("serving vhost-user", "socket", c.socket, "client", c.client, "tap", tp.Name(),
 		"queues", dev.Pairs(), "features", dev.Features().String())
 	if c.client {
 		err = srv.Dial(ctx, c.socket)
 	} else {
 		err = srv.Serve(ctx, c.socket)
 	}
-	printStats(stderr, tap.Name(), dev, srv)
+	printStats(stderr, tp.Name(), dev, srv)
 	return err
 }
 
 // openOrCreateTap uses an existing device named by a literal --tap, and
 // creates one otherwise.
-func openOrCreateTap(c *vhostUserConfig) (*backend.Device, error) {
-	opts := backend.Options{Name: c.tap, Queues: c.queues, NetNS: c.netns, Logger: c.logger}
+func openOrCreateTap(c *vhostUserConfig) (*tap.Device, error) {
+	opts := tap.Options{Name: c.tap, Queues: c.queues, NetNS: c.netns, Logger: c.logger}
 	if c.literal {
-		if _, err := backend.Lookup(c.tap, c.netns); err == nil {
-			return backend.Open(c.tap, opts)
+		if _, err := tap.Lookup(c.tap, c.netns); err == nil {
+			return tap.Open(c.tap, opts)
 		}
 	}
-	return backend.Create(opts)
+	return tap.Create(opts)
 }
 
 // printStats writes the per-queue counters, the answer to SIGUSR1.
-func printStats(w io.Writer, tap string, dev *netdev.Device, srv *vhostuser.Server) {
+func printStats(w io.Writer, tapName string, dev *backend.Device, srv *vhostuser.Server) {
 	for i := 0; i < dev.Pairs(); i++ {
-		fmt.Fprintf(w, "vmnet-helper: tap %s queue %d: %s\n", tap, i, dev.Counters(i).Snapshot())
+		fmt.Fprintf(w, "vmnet-helper: tap %s queue %d: %s\n", tapName, i, dev.Counters(i).Snapshot())
 	}
 	st := srv.Stats()
 	reqs := make([]string, 0, len(st.Messages))

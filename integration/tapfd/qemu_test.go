@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/integration/guest"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
@@ -102,14 +102,14 @@ func TestQEMUBridgeHelper(t *testing.T) {
 
 	t.Run("TAPs on the bridges", func(t *testing.T) {
 		for _, want := range []struct{ tap, bridge string }{{"tap0", "br0"}, {"tap1", "br1"}} {
-			info, err := backend.Lookup(want.tap, ns)
+			info, err := tap.Lookup(want.tap, ns)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if info.MultiQueue || !info.VnetHdr || !info.Up || info.MAC[0] != 0xfe || info.MTU != 1500 {
 				t.Errorf("%s: got %+v; want one queue, vnet_hdr, up, MAC starting fe, the bridge's mtu", want.tap, info)
 			}
-			if m, err := backend.Master(want.tap, ns); err != nil || m != want.bridge {
+			if m, err := tap.Master(want.tap, ns); err != nil || m != want.bridge {
 				t.Errorf("%s: master %q, %v; want %s", want.tap, m, err, want.bridge)
 			}
 		}
@@ -184,14 +184,14 @@ func TestQEMUExecMultiQueue(t *testing.T) {
 		KernelArgs: []string{"vmnet.ip=10.0.2.15/24"},
 	})
 
-	info, err := backend.Lookup("mq0", ns)
+	info, err := tap.Lookup("mq0", ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !info.MultiQueue || info.Queues+info.DisabledQueues != 2 || !info.Up {
 		t.Errorf("TAP mq0: got %+v; want multi_queue with the two files QEMU holds, up", info)
 	}
-	if m, _ := backend.Master("mq0", ns); m != "br0" {
+	if m, _ := tap.Master("mq0", ns); m != "br0" {
 		t.Errorf("TAP mq0: master %q, want br0", m)
 	}
 

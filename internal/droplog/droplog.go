@@ -1,6 +1,6 @@
 // Package droplog rate-limits the log lines of what a guest can cause in a
 // loop (dropped frames, refused commands): the engine's queue pairs and
-// netdev's control queue share it. The drops themselves are counted by
+// the device's control queue share it. The drops themselves are counted by
 // the callers, always; only the log lines are limited.
 package droplog
 

@@ -1,4 +1,4 @@
-package netdev
+package backend
 
 import (
 	"runtime"
@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -81,9 +81,9 @@ func kickAndReap(t *testing.T, r *ring) struct {
 
 func cmdBytes(c virtio.CtrlCommand) []byte { return c.Append(nil, virtio.LittleEndian) }
 
-func attached(t *testing.T, tap *backend.Device) int {
+func attached(t *testing.T, tp *tap.Device) int {
 	t.Helper()
-	info, err := tap.Info()
+	info, err := tp.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestControlQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cfgIRQ.Close()
-	d, tap, ns := newTestDevice(t, 4, Options{ControlQueue: true, ConfigChanged: cfgIRQ})
+	d, tp, ns := newTestDevice(t, 4, Options{ControlQueue: true, ConfigChanged: cfgIRQ})
 	if f := d.Features(); !f.Has(ctrlFeatures | virtio.NetFMQ) {
 		t.Errorf("offered %v: want the control features and MQ", f)
 	}
@@ -126,7 +126,7 @@ func TestControlQueue(t *testing.T) {
 	if err := d.StartQueue(8, ctrl.q, ctrl.kick, ctrl.call); err == nil {
 		t.Error("starting the started control queue: got nil error")
 	}
-	if n := attached(t, tap); n != 1 || d.ActivePairs() != 1 {
+	if n := attached(t, tp); n != 1 || d.ActivePairs() != 1 {
 		t.Errorf("before VQ_PAIRS_SET: %d TAP queues attached, %d pairs active; want 1, 1 (multiqueue starts off)", n, d.ActivePairs())
 	}
 
@@ -148,20 +148,20 @@ func TestControlQueue(t *testing.T) {
 
 	t.Run("VQ_PAIRS_SET", func(t *testing.T) {
 		expect(t, "pairs 3", pairs(3), virtio.CtrlOK)
-		if n := attached(t, tap); n != 3 || d.ActivePairs() != 3 {
+		if n := attached(t, tp); n != 3 || d.ActivePairs() != 3 {
 			t.Errorf("after VQ_PAIRS_SET 3: %d TAP queues attached, %d active; want 3, 3", n, d.ActivePairs())
 		}
 		expect(t, "pairs 5 of 4", pairs(5), virtio.CtrlErr)
 		expect(t, "pairs 0", pairs(0), virtio.CtrlErr)
-		if n := attached(t, tap); n != 3 {
+		if n := attached(t, tp); n != 3 {
 			t.Errorf("after refused VQ_PAIRS_SET: %d TAP queues attached, want 3 still", n)
 		}
 		expect(t, "pairs 1", pairs(1), virtio.CtrlOK)
-		if n := attached(t, tap); n != 1 {
+		if n := attached(t, tp); n != 1 {
 			t.Errorf("after VQ_PAIRS_SET 1: %d TAP queues attached, want 1", n)
 		}
 		expect(t, "pairs 4", pairs(4), virtio.CtrlOK)
-		if n := attached(t, tap); n != 4 {
+		if n := attached(t, tp); n != 4 {
 			t.Errorf("after VQ_PAIRS_SET 4: %d TAP queues attached, want 4", n)
 		}
 	})
@@ -171,13 +171,13 @@ func TestControlQueue(t *testing.T) {
 			return cmdBytes(virtio.CtrlCommand{Class: virtio.CtrlGuestOffloads, Command: virtio.CtrlGuestOffloadsSet, Offloads: f})
 		}
 		tso := func() string {
-			out := testutil.Exec(t, ns, "ethtool", "-k", tap.Name())
+			out := testutil.Exec(t, ns, "ethtool", "-k", tp.Name())
 			for _, l := range strings.Split(out, "\n") {
 				if strings.HasPrefix(l, "tcp-segmentation-offload:") {
 					return strings.TrimSpace(strings.TrimPrefix(l, "tcp-segmentation-offload:"))
 				}
 			}
-			t.Fatalf("ethtool -k %s has no tcp-segmentation-offload line:\n%s", tap.Name(), out)
+			t.Fatalf("ethtool -k %s has no tcp-segmentation-offload line:\n%s", tp.Name(), out)
 			return ""
 		}
 		if got := tso(); got != "on" {
@@ -216,7 +216,7 @@ func TestControlQueue(t *testing.T) {
 		expect(t, "unknown class", []byte{77, 0, 1}, virtio.CtrlErr)
 		expect(t, "PROMISC without its byte", []byte{byte(virtio.CtrlRX), virtio.CtrlRXPromisc}, virtio.CtrlErr)
 		expect(t, "pairs with a byte too many", append(pairs(2), 0), virtio.CtrlErr)
-		if n := attached(t, tap); n != 4 {
+		if n := attached(t, tp); n != 4 {
 			t.Errorf("after a malformed VQ_PAIRS_SET: %d TAP queues attached, want 4 still", n)
 		}
 	})
@@ -267,7 +267,7 @@ func TestControlQueue(t *testing.T) {
 	if cfg := d.Config(); cfg.MAC == (virtio.MAC{0x52, 0x54, 0, 1, 2, 3}) {
 		t.Errorf("config MAC after reset: %s, want the device's own back", cfg.MAC)
 	}
-	if n := attached(t, tap); n != 0 {
+	if n := attached(t, tp); n != 0 {
 		t.Errorf("after reset: %d TAP queues attached, want 0", n)
 	}
 }
@@ -275,7 +275,7 @@ func TestControlQueue(t *testing.T) {
 // Without CTRL_VQ acked, the control queue cannot start, and the device
 // uses every pair whose rings run, as with a vhost-user front-end.
 func TestControlQueueNotNegotiated(t *testing.T) {
-	d, tap, _ := newTestDevice(t, 2, Options{ControlQueue: true})
+	d, tp, _ := newTestDevice(t, 2, Options{ControlQueue: true})
 	if err := d.SetFeatures(virtio.FVersion1 | virtio.NetFMrgRxbuf); err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func TestControlQueueNotNegotiated(t *testing.T) {
 		}
 	}
 	// Without MQ the driver uses one pair (virtio 1.2 §5.1.6.5.5).
-	if n := attached(t, tap); n != 1 {
+	if n := attached(t, tp); n != 1 {
 		t.Errorf("no MQ: %d TAP queues attached, want 1", n)
 	}
 }
@@ -309,14 +309,14 @@ func TestLinkStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cfgIRQ.Close()
-	d, tap, ns := newTestDevice(t, 1, Options{ConfigChanged: cfgIRQ})
+	d, tp, ns := newTestDevice(t, 1, Options{ConfigChanged: cfgIRQ})
 	if d.Config().Status&virtio.LinkUp != 0 {
 		t.Error("TAP down: config status has LINK_UP")
 	}
 	// A device made over a TAP that is up says so at once, and raises no
 	// interrupt for it: the driver reads the config when it starts.
-	testutil.Exec(t, ns, "ip", "link", "set", tap.Name(), "up")
-	d2, err := New(Options{TAP: tap, ConfigChanged: cfgIRQ})
+	testutil.Exec(t, ns, "ip", "link", "set", tp.Name(), "up")
+	d2, err := New(Options{TAP: tp, ConfigChanged: cfgIRQ})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +324,7 @@ func TestLinkStatus(t *testing.T) {
 		t.Error("device made over a TAP that is up: config status lacks LINK_UP")
 	}
 	d2.Close()
-	testutil.Exec(t, ns, "ip", "link", "set", tap.Name(), "down")
+	testutil.Exec(t, ns, "ip", "link", "set", tp.Name(), "down")
 	time.Sleep(200 * time.Millisecond)
 	cfgIRQ.Drain() // d's own interrupts for the up and down above
 	waitStatus := func(up bool) {
@@ -343,14 +343,14 @@ func TestLinkStatus(t *testing.T) {
 		t.Fatalf("config status %v after 5s, want LINK_UP=%v", d.Config().Status, up)
 	}
 	for _, up := range []bool{true, false, true} {
-		if err := tap.SetUp(up); err != nil {
+		if err := tp.SetUp(up); err != nil {
 			t.Fatal(err)
 		}
 		waitStatus(up)
 	}
 	// MTU changes are link changes too, but not of the status: no
 	// interrupt for them.
-	if err := tap.SetMTU(1400); err != nil {
+	if err := tp.SetMTU(1400); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -363,15 +363,15 @@ func TestLinkStatus(t *testing.T) {
 func TestCloseLeavesNothing(t *testing.T) {
 	testutil.RequireTUN(t)
 	ns := testutil.NetNS(t)
-	tap, err := backend.Create(backend.Options{NetNS: ns, Queues: 2})
+	tp, err := tap.Create(tap.Options{NetNS: ns, Queues: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tap.Close()
+	defer tp.Close()
 	r := newRing(t)
 	fds, goroutines := testutil.SettledFds(t), runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
-		d, err := New(Options{TAP: tap, ControlQueue: true})
+		d, err := New(Options{TAP: tp, ControlQueue: true})
 		if err != nil {
 			t.Fatal(err)
 		}

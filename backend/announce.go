@@ -1,4 +1,4 @@
-package netdev
+package backend
 
 import (
 	"encoding/binary"
