@@ -39,8 +39,8 @@ type netRig struct {
 	*rig
 	t        *testing.T
 	dev      *tap.Device // nil for a TAP without vnet header
-	ns       string          // the router namespace, with the TAP
-	peer     string          // the peer namespace
+	ns       string      // the router namespace, with the TAP
+	peer     string      // the peer namespace
 	tapName  string
 	tapMAC   net.HardwareAddr
 	noVnet   bool          // the TAP has no vnet header
@@ -61,7 +61,7 @@ var (
 
 type netOptions struct {
 	features  virtio.Features // 0: VERSION_1|MRG_RXBUF
-	offloads  tap.Offload // TUNSETOFFLOAD at start
+	offloads  tap.Offload     // TUNSETOFFLOAD at start
 	noVnetHdr bool            // a TAP from ip tuntap, opened without IFF_VNET_HDR
 	mod       func(*Config)   // adjusts every queue pair's config
 }

@@ -9,8 +9,8 @@ import (
 	"os"
 	"strings"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"golang.org/x/sys/unix"
 )
 

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
+	"github.com/vmnet-dev/vmnet/backend/tap"
 	"golang.org/x/sys/unix"
 )
 
