@@ -6,11 +6,12 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/internal/memfault"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // ctrlFeatures are what the device offers when it serves the control

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/offload"
@@ -141,7 +142,7 @@ func New(opts Options) (*Device, error) {
 	for i := range d.counters {
 		d.counters[i] = new(engine.Counters)
 	}
-	tapFeatures := opts.TAP.Features()
+	tapFeatures := opts.TAP.DriverFeatures()
 	d.offered = ringFeatures | virtio.NetFMrgRxbuf | virtio.NetFMAC | virtio.NetFStatus |
 		offload.Offer(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
 	d.txCaps = offload.TXCapsFor(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
@@ -291,7 +292,7 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	if err := d.opts.TAP.SetVnetHdrSize(virtio.HdrLenFor(acked)); err != nil {
 		return fmt.Errorf("set features: %w", err)
 	}
-	if err := d.opts.TAP.SetOffload(offload.TunFlags(acked)); err != nil {
+	if err := d.opts.TAP.SetOffload(offload.TunFlagsFor(acked)); err != nil {
 		return fmt.Errorf("set features: %w", err)
 	}
 	d.acked = acked
@@ -302,7 +303,7 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	if d.opts.ControlQueue {
 		d.active = 1
 	}
-	d.log.Debug("features acked", "features", acked.String(), "tun_offload", offload.TunFlags(acked).String())
+	d.log.Debug("features acked", "features", acked.String(), "tun_offload", offload.TunFlagsFor(acked).String())
 	return nil
 }
 

@@ -41,7 +41,7 @@ func TestOfferedFeatures(t *testing.T) {
 			t.Errorf("offered %v: lacks %v", f, want)
 		}
 	}
-	if tp.Features().Supports(tap.OffloadUSO4|tap.OffloadUSO6) && !f.Has(virtio.NetFGuestUSO4|virtio.NetFGuestUSO6) {
+	if tp.DriverFeatures().Supports(offload.TunUSO4|offload.TunUSO6) && !f.Has(virtio.NetFGuestUSO4|virtio.NetFGuestUSO6) {
 		t.Errorf("kernel takes USO, offered %v lacks GUEST_USO4/6", f)
 	}
 	cfg := d.Config()

@@ -5,11 +5,12 @@ import (
 	"os"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/vhostuser"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // A ring started on guest memory the front-end already shrank away

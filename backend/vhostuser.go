@@ -5,42 +5,43 @@ import (
 	"net"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/internal/memfault"
 	"github.com/vmnet-dev/vmnet/vhostuser"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // VhostUser adapts the device to a vhost-user server: it builds split or
 // packed virtqueues from each ring's setup and dups the ring's eventfds,
 // which the server owns, for as long as the ring runs.
-func (d *Device) VhostUser() vhostuser.Backend {
-	return &vhostUserBackend{d: d, files: map[int][]*engine.EventFD{}}
+func (d *Device) VhostUser() vhostuser.Device {
+	return &vhostUserAdapter{d: d, files: map[int][]*engine.EventFD{}}
 }
 
-type vhostUserBackend struct {
+type vhostUserAdapter struct {
 	d     *Device
 	files map[int][]*engine.EventFD // per ring, the dups to close at stop
 }
 
-var _ vhostuser.Backend = (*vhostUserBackend)(nil)
-var _ vhostuser.MTUSetter = (*vhostUserBackend)(nil)
-var _ vhostuser.Announcer = (*vhostUserBackend)(nil)
+var _ vhostuser.Device = (*vhostUserAdapter)(nil)
+var _ vhostuser.MTUSetter = (*vhostUserAdapter)(nil)
+var _ vhostuser.Announcer = (*vhostUserAdapter)(nil)
 
 // Features leave out the control queue's features: a vhost-user
 // front-end serves the control queue itself.
-func (b *vhostUserBackend) Features() virtio.Features { return b.d.Features() &^ ctrlFeatures }
+func (b *vhostUserAdapter) Features() virtio.Features { return b.d.Features() &^ ctrlFeatures }
 
-func (b *vhostUserBackend) ProtocolFeatures() vhostuser.ProtocolFeatures {
+func (b *vhostUserAdapter) ProtocolFeatures() vhostuser.ProtocolFeatures {
 	return vhostuser.ProtocolMTU | vhostuser.ProtocolRARP
 }
 
-func (b *vhostUserBackend) NumQueues() int { return 2 * b.d.Pairs() }
+func (b *vhostUserAdapter) NumQueues() int { return 2 * b.d.Pairs() }
 
-func (b *vhostUserBackend) SetFeatures(acked virtio.Features) error { return b.d.SetFeatures(acked) }
+func (b *vhostUserAdapter) SetFeatures(acked virtio.Features) error { return b.d.SetFeatures(acked) }
 
-func (b *vhostUserBackend) GetConfig(offset, size uint32) ([]byte, error) {
+func (b *vhostUserAdapter) GetConfig(offset, size uint32) ([]byte, error) {
 	cfg := b.d.Config()
 	out := make([]byte, size)
 	if err := cfg.ReadWindow(out, int(offset), b.d.Features(), virtio.LittleEndian); err != nil {
@@ -51,7 +52,7 @@ func (b *vhostUserBackend) GetConfig(offset, size uint32) ([]byte, error) {
 
 // SetConfig accepts writes of the MAC, the one field a driver may write
 // (legacy drivers without CTRL_MAC_ADDR).
-func (b *vhostUserBackend) SetConfig(offset uint32, data []byte, migration bool) error {
+func (b *vhostUserAdapter) SetConfig(offset uint32, data []byte, migration bool) error {
 	if offset+uint32(len(data)) > 6 && !migration {
 		return fmt.Errorf("set config: bytes %d to %d are read-only", offset, offset+uint32(len(data)))
 	}
@@ -69,7 +70,7 @@ func (b *vhostUserBackend) SetConfig(offset uint32, data []byte, migration bool)
 }
 
 // SetMTU is VHOST_USER_NET_SET_MTU: the front-end tells the MTU it offers.
-func (b *vhostUserBackend) SetMTU(mtu uint16) error {
+func (b *vhostUserAdapter) SetMTU(mtu uint16) error {
 	if mtu < 68 {
 		return fmt.Errorf("set mtu %d: want at least 68", mtu)
 	}
@@ -80,11 +81,11 @@ func (b *vhostUserBackend) SetMTU(mtu uint16) error {
 // SendRARP is VHOST_USER_SEND_RARP, sent after migration so switches learn
 // where the guest went: a RARP request from the guest's MAC is written to
 // the TAP as if the guest had sent it.
-func (b *vhostUserBackend) SendRARP(mac net.HardwareAddr) error {
+func (b *vhostUserAdapter) SendRARP(mac net.HardwareAddr) error {
 	return b.d.Announce(mac)
 }
 
-func (b *vhostUserBackend) StartQueue(index int, s vhostuser.QueueSetup) error {
+func (b *vhostUserAdapter) StartQueue(index int, s vhostuser.QueueSetup) error {
 	var q virtio.Queue
 	// A split ring set up from scratch reads its used index from guest
 	// memory, which a front-end may have shrunk away (internal/memfault).
@@ -127,7 +128,7 @@ func (b *vhostUserBackend) StartQueue(index int, s vhostuser.QueueSetup) error {
 	return nil
 }
 
-func (b *vhostUserBackend) StopQueue(index int) (vhostuser.QueueState, error) {
+func (b *vhostUserAdapter) StopQueue(index int) (vhostuser.QueueState, error) {
 	q, err := b.d.StopQueue(index)
 	for _, f := range b.files[index] {
 		f.Close()
@@ -143,7 +144,7 @@ func (b *vhostUserBackend) StopQueue(index int) (vhostuser.QueueState, error) {
 	return st, err
 }
 
-func (b *vhostUserBackend) Reset() {
+func (b *vhostUserAdapter) Reset() {
 	b.d.Reset()
 	for i, fs := range b.files {
 		for _, f := range fs {

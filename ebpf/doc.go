@@ -16,5 +16,5 @@
 // the same hash in Go: tests compare the two, and a user can predict the
 // queue of a flow (FlowHash(frame) % attached queues). The package loads
 // programs (CAP_BPF or CAP_SYS_ADMIN) and owns their file descriptors; it
-// never touches a TAP: callers attach with backend.Device.SetSteeringEBPF.
+// never touches a TAP: callers attach with tap.Device.SetSteeringEBPF.
 package ebpf

@@ -3,7 +3,6 @@ package offload
 import (
 	"strconv"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -23,8 +22,8 @@ type TXCaps struct {
 }
 
 // TXCapsFor returns the capabilities Offer assumed for the same arguments.
-func TXCapsFor(tun tap.Offload, probed bool, opts OfferOptions) TXCaps {
-	uso := tap.OffloadUSO4 | tap.OffloadUSO6
+func TXCapsFor(tun TunFlags, probed bool, opts OfferOptions) TXCaps {
+	uso := TunUSO4 | TunUSO6
 	return TXCaps{
 		VnetHdr: !opts.NoVnetHdr,
 		USO:     !opts.NoVnetHdr && probed && tun&uso == uso,

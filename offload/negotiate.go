@@ -3,7 +3,6 @@ package offload
 import (
 	"fmt"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -37,7 +36,7 @@ type OfferOptions struct {
 }
 
 // Offer returns the offload feature bits vmnet may offer the guest, for a
-// TAP whose TUNSETOFFLOAD accepted tun (tap.Features.Offloads; probed
+// TAP whose TUNSETOFFLOAD accepted tun (tap.DriverFeatures.Offloads; probed
 // false means nobody could ask, so no receive offload is offered). The
 // result is closed under the dependency rules of virtio 1.2 §5.1.3.1: an
 // offload whose prerequisite was filtered out is dropped with it.
@@ -55,7 +54,7 @@ type OfferOptions struct {
 // kernel that also accepts TUN_F_USO4|TUN_F_USO6 (Linux 6.2). What the
 // kernel cannot take is offered only with the software fallbacks (see
 // TXCaps).
-func Offer(tun tap.Offload, probed bool, opts OfferOptions) virtio.Features {
+func Offer(tun TunFlags, probed bool, opts OfferOptions) virtio.Features {
 	var f virtio.Features
 	if probed && !opts.NoVnetHdr {
 		f |= guestFor(tun)
@@ -69,24 +68,24 @@ func Offer(tun tap.Offload, probed bool, opts OfferOptions) virtio.Features {
 }
 
 // guestFor maps accepted TUN_F_ flags to the receive offloads they carry.
-func guestFor(tun tap.Offload) virtio.Features {
-	if tun&tap.OffloadCsum == 0 {
+func guestFor(tun TunFlags) virtio.Features {
+	if tun&TunCsum == 0 {
 		return 0
 	}
 	f := virtio.NetFGuestCsum
-	if tun&tap.OffloadTSO4 != 0 {
+	if tun&TunTSO4 != 0 {
 		f |= virtio.NetFGuestTSO4
 	}
-	if tun&tap.OffloadTSO6 != 0 {
+	if tun&TunTSO6 != 0 {
 		f |= virtio.NetFGuestTSO6
 	}
-	if tun&tap.OffloadTSOECN != 0 {
+	if tun&TunTSOECN != 0 {
 		f |= virtio.NetFGuestECN
 	}
-	if tun&tap.OffloadUFO != 0 {
+	if tun&TunUFO != 0 {
 		f |= virtio.NetFGuestUFO
 	}
-	if tun&(tap.OffloadUSO4|tap.OffloadUSO6) == tap.OffloadUSO4|tap.OffloadUSO6 {
+	if tun&(TunUSO4|TunUSO6) == TunUSO4|TunUSO6 {
 		f |= virtio.NetFGuestUSO4 | virtio.NetFGuestUSO6
 	}
 	return f
@@ -137,25 +136,25 @@ func consistent(f virtio.Features) virtio.Features {
 // flags the kernel segments UDP GSO itself before the frame reaches the fd.
 // Likewise nothing is asked without GUEST_CSUM (set_offload refuses any
 // flag without TUN_F_CSUM), and TSO_ECN only beside TSO4 or TSO6.
-func TunFlags(acked virtio.Features) tap.Offload {
+func TunFlagsFor(acked virtio.Features) TunFlags {
 	if !acked.Has(virtio.NetFGuestCsum) {
 		return 0
 	}
-	o := tap.OffloadCsum
+	o := TunCsum
 	if acked.Has(virtio.NetFGuestTSO4) {
-		o |= tap.OffloadTSO4
+		o |= TunTSO4
 	}
 	if acked.Has(virtio.NetFGuestTSO6) {
-		o |= tap.OffloadTSO6
+		o |= TunTSO6
 	}
-	if acked.Has(virtio.NetFGuestECN) && o&(tap.OffloadTSO4|tap.OffloadTSO6) != 0 {
-		o |= tap.OffloadTSOECN
+	if acked.Has(virtio.NetFGuestECN) && o&(TunTSO4|TunTSO6) != 0 {
+		o |= TunTSOECN
 	}
 	if acked.Has(virtio.NetFGuestUFO) {
-		o |= tap.OffloadUFO
+		o |= TunUFO
 	}
 	if acked.Has(virtio.NetFGuestUSO4 | virtio.NetFGuestUSO6) {
-		o |= tap.OffloadUSO4 | tap.OffloadUSO6
+		o |= TunUSO4 | TunUSO6
 	}
 	return o
 }
@@ -169,7 +168,7 @@ func TunFlags(acked virtio.Features) tap.Offload {
 // ErrNotNegotiated error. A set that breaks a dependency (TSO without
 // GUEST_CSUM) is mapped as TunFlags maps it, to fewer offloads, never to a
 // set the kernel would refuse.
-func GuestOffloads(ctrl uint64, acked virtio.Features) (tap.Offload, error) {
+func GuestOffloads(ctrl uint64, acked virtio.Features) (TunFlags, error) {
 	set := virtio.Features(ctrl)
 	if !acked.Has(virtio.NetFCtrlGuestOffloads) {
 		return 0, fmt.Errorf("guest offloads %s: NET_F_CTRL_GUEST_OFFLOADS: %w", set, ErrNotNegotiated)

@@ -5,14 +5,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 const (
-	tunAll = tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN |
-		tap.OffloadUFO | tap.OffloadUSO4 | tap.OffloadUSO6
-	tunNoUSO = tunAll &^ (tap.OffloadUSO4 | tap.OffloadUSO6)
+	tunAll = TunCsum | TunTSO4 | TunTSO6 | TunTSOECN |
+		TunUFO | TunUSO4 | TunUSO6
+	tunNoUSO = tunAll &^ (TunUSO4 | TunUSO6)
 
 	hostNoUSO = HostFeatures &^ virtio.NetFHostUSO
 	guestUSO  = virtio.NetFGuestUSO4 | virtio.NetFGuestUSO6
@@ -30,7 +29,7 @@ func mustList(t *testing.T, s string) OfferList {
 func TestOffer(t *testing.T) {
 	tests := []struct {
 		name   string
-		tun    tap.Offload
+		tun    TunFlags
 		probed bool
 		opts   OfferOptions
 		list   string
@@ -42,13 +41,13 @@ func TestOffer(t *testing.T) {
 		{"not probed", tunAll, false, OfferOptions{}, "", HostFeatures},
 		{"not probed, no software", 0, false, OfferOptions{NoSoftware: true}, "", hostNoUSO},
 		{"nothing accepted", 0, true, OfferOptions{}, "", HostFeatures},
-		{"csum only", tap.OffloadCsum, true, OfferOptions{}, "", HostFeatures | virtio.NetFGuestCsum},
-		{"tso without csum", tap.OffloadTSO4 | tap.OffloadTSO6, true, OfferOptions{}, "", HostFeatures},
-		{"uso4 alone", tap.OffloadCsum | tap.OffloadUSO4, true, OfferOptions{}, "",
+		{"csum only", TunCsum, true, OfferOptions{}, "", HostFeatures | virtio.NetFGuestCsum},
+		{"tso without csum", TunTSO4 | TunTSO6, true, OfferOptions{}, "", HostFeatures},
+		{"uso4 alone", TunCsum | TunUSO4, true, OfferOptions{}, "",
 			HostFeatures | virtio.NetFGuestCsum},
-		{"ecn without tso", tap.OffloadCsum | tap.OffloadTSOECN, true, OfferOptions{}, "",
+		{"ecn without tso", TunCsum | TunTSOECN, true, OfferOptions{}, "",
 			HostFeatures | virtio.NetFGuestCsum},
-		{"ecn with tso6", tap.OffloadCsum | tap.OffloadTSO6 | tap.OffloadTSOECN, true, OfferOptions{}, "",
+		{"ecn with tso6", TunCsum | TunTSO6 | TunTSOECN, true, OfferOptions{}, "",
 			HostFeatures | virtio.NetFGuestCsum | virtio.NetFGuestTSO6 | virtio.NetFGuestECN},
 		{"no vnet header", tunAll, true, OfferOptions{NoVnetHdr: true}, "", HostFeatures},
 		{"no vnet header, no software", tunAll, true, OfferOptions{NoVnetHdr: true, NoSoftware: true}, "", 0},
@@ -60,7 +59,7 @@ func TestOffer(t *testing.T) {
 			virtio.NetFCsum | virtio.NetFGuestCsum | virtio.NetFHostTSO4 | virtio.NetFGuestTSO4},
 		{"list one way", tunAll, true, OfferOptions{}, "host_csum,host_uso,guest_csum",
 			virtio.NetFCsum | virtio.NetFHostUSO | virtio.NetFGuestCsum},
-		{"list ecn, kernel without tso_ecn", tunAll &^ tap.OffloadTSOECN, true, OfferOptions{}, "csum,tso4,ecn",
+		{"list ecn, kernel without tso_ecn", tunAll &^ TunTSOECN, true, OfferOptions{}, "csum,tso4,ecn",
 			virtio.NetFCsum | virtio.NetFGuestCsum | virtio.NetFHostTSO4 | virtio.NetFGuestTSO4 | virtio.NetFHostECN},
 		{"list guest tso, kernel without csum", 0, true, OfferOptions{}, "guest_csum,guest_tso4", 0},
 	}
@@ -83,7 +82,7 @@ func TestOffer(t *testing.T) {
 // takes and accepted.
 func TestOfferConsistent(t *testing.T) {
 	lists := []OfferList{AllOffloads, NoOffloads, mustList(t, "csum,tso4,ecn"), mustList(t, "host_csum,host_uso,guest_csum,guest_uso")}
-	for tun := range tap.Offload(1 << 7) {
+	for tun := range TunFlags(1 << 7) {
 		for _, probed := range []bool{false, true} {
 			for o := range 4 {
 				for _, l := range lists {
@@ -95,7 +94,7 @@ func TestOfferConsistent(t *testing.T) {
 					if extra := f &^ AllFeatures; extra != 0 {
 						t.Errorf("Offer(%s, %v, %+v) = %s, has non-offload bits %s", tun, probed, opts, f, extra)
 					}
-					o := TunFlags(f)
+					o := TunFlagsFor(f)
 					if !o.Valid() || o&^tun != 0 {
 						t.Errorf("TunFlags(Offer(%s, %v, %+v)) = %s: invalid or not accepted", tun, probed, opts, o)
 					}
@@ -108,21 +107,21 @@ func TestOfferConsistent(t *testing.T) {
 func TestTunFlags(t *testing.T) {
 	tests := []struct {
 		acked virtio.Features
-		want  tap.Offload
+		want  TunFlags
 	}{
 		{0, 0},
-		{virtio.NetFGuestCsum, tap.OffloadCsum},
+		{virtio.NetFGuestCsum, TunCsum},
 		{virtio.NetFGuestTSO4 | virtio.NetFGuestTSO6, 0},
 		{GuestFeatures, tunAll},
 		{AllFeatures | virtio.FVersion1 | virtio.NetFMrgRxbuf, tunAll},
 		{HostFeatures, 0},
-		{virtio.NetFGuestCsum | virtio.NetFGuestUSO4, tap.OffloadCsum},
-		{virtio.NetFGuestCsum | virtio.NetFGuestUSO6, tap.OffloadCsum},
-		{virtio.NetFGuestCsum | guestUSO, tap.OffloadCsum | tap.OffloadUSO4 | tap.OffloadUSO6},
-		{virtio.NetFGuestCsum | virtio.NetFGuestECN, tap.OffloadCsum},
+		{virtio.NetFGuestCsum | virtio.NetFGuestUSO4, TunCsum},
+		{virtio.NetFGuestCsum | virtio.NetFGuestUSO6, TunCsum},
+		{virtio.NetFGuestCsum | guestUSO, TunCsum | TunUSO4 | TunUSO6},
+		{virtio.NetFGuestCsum | virtio.NetFGuestECN, TunCsum},
 		{virtio.NetFGuestCsum | virtio.NetFGuestTSO6 | virtio.NetFGuestECN,
-			tap.OffloadCsum | tap.OffloadTSO6 | tap.OffloadTSOECN},
-		{virtio.NetFGuestCsum | virtio.NetFGuestUFO, tap.OffloadCsum | tap.OffloadUFO},
+			TunCsum | TunTSO6 | TunTSOECN},
+		{virtio.NetFGuestCsum | virtio.NetFGuestUFO, TunCsum | TunUFO},
 	}
 	for _, tt := range tests {
 		if got := TunFlags(tt.acked); got != tt.want {
@@ -138,7 +137,7 @@ func TestTunFlags(t *testing.T) {
 				f |= b
 			}
 		}
-		if o := TunFlags(f); !o.Valid() {
+		if o := TunFlagsFor(f); !o.Valid() {
 			t.Errorf("TunFlags(%s) = %s, which TUNSETOFFLOAD refuses", f, o)
 		}
 	}
@@ -151,15 +150,15 @@ func TestGuestOffloads(t *testing.T) {
 		name  string
 		ctrl  virtio.Features
 		acked virtio.Features
-		want  tap.Offload
+		want  TunFlags
 		err   string
 	}{
 		{"all acked", virtio.NetFGuestCsum | virtio.NetFGuestTSO4 | virtio.NetFGuestUFO | guestUSO, acked,
-			tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadUFO | tap.OffloadUSO4 | tap.OffloadUSO6, ""},
+			TunCsum | TunTSO4 | TunUFO | TunUSO4 | TunUSO6, ""},
 		{"none", 0, acked, 0, ""},
-		{"csum", virtio.NetFGuestCsum, acked, tap.OffloadCsum, ""},
+		{"csum", virtio.NetFGuestCsum, acked, TunCsum, ""},
 		{"tso without csum", virtio.NetFGuestTSO4, acked, 0, ""},
-		{"one uso", virtio.NetFGuestCsum | virtio.NetFGuestUSO4, acked, tap.OffloadCsum, ""},
+		{"one uso", virtio.NetFGuestCsum | virtio.NetFGuestUSO4, acked, TunCsum, ""},
 		{"not acked", virtio.NetFGuestCsum | virtio.NetFGuestTSO6, acked, 0,
 			"guest offloads NET_F_GUEST_CSUM|NET_F_GUEST_TSO6: NET_F_GUEST_TSO6: offload not negotiated"},
 		{"host bit", virtio.NetFCsum, acked, 0, "NET_F_CSUM are not guest offloads"},
@@ -293,7 +292,7 @@ func TestFallback(t *testing.T) {
 
 func TestTXCapsFor(t *testing.T) {
 	tests := []struct {
-		tun    tap.Offload
+		tun    TunFlags
 		probed bool
 		opts   OfferOptions
 		want   TXCaps
@@ -309,7 +308,7 @@ func TestTXCapsFor(t *testing.T) {
 		}
 	}
 	// Whatever Offer offers without software is what the kernel takes.
-	for tun := range tap.Offload(1 << 7) {
+	for tun := range TunFlags(1 << 7) {
 		for _, probed := range []bool{false, true} {
 			for _, noVnet := range []bool{false, true} {
 				opts := OfferOptions{NoVnetHdr: noVnet, NoSoftware: true}

@@ -29,7 +29,7 @@ const (
 	guestSize = 1 << 20
 )
 
-// fakeDevice is a Backend that records every call.
+// fakeDevice is a Device that records every call.
 type fakeDevice struct {
 	mu        sync.Mutex
 	features  virtio.Features

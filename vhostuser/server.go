@@ -32,10 +32,10 @@ type Options struct {
 	RetryMin, RetryMax time.Duration
 }
 
-// Server speaks the back-end side of vhost-user for one Backend, to one front-end at a
+// Server speaks the back-end side of vhost-user for one Device, to one front-end at a
 // time.
 type Server struct {
-	backend     Backend
+	backend     Device
 	log         hclog.Logger
 	maxMemSlots int
 	retryMin    time.Duration
@@ -45,7 +45,7 @@ type Server struct {
 }
 
 // NewServer returns a server for b.
-func NewServer(b Backend, opts Options) *Server {
+func NewServer(b Device, opts Options) *Server {
 	s := &Server{
 		backend:     b,
 		log:         opts.Logger,

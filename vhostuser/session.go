@@ -16,7 +16,7 @@ import (
 const serverProtocolFeatures = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq |
 	ProtocolResetDevice | ProtocolConfigureMemSlots | ProtocolStatus
 
-// deviceProtocolFeatures are the ones a Backend may add: the session only relays them.
+// deviceProtocolFeatures are the ones a Device may add: the session only relays them.
 // CONFIG is among them because a front-end may serve the config space itself, as QEMU
 // does for virtio-net, and warns about a back-end that offers it.
 const deviceProtocolFeatures = ProtocolMTU | ProtocolRARP | ProtocolConfig
@@ -49,7 +49,7 @@ func (r *ring) closeFiles() {
 type session struct {
 	srv *Server
 	c   *conn
-	dev Backend
+	dev Device
 	log hclog.Logger
 
 	features    uint64 // as acked by SET_FEATURES, FProtocolFeatures included

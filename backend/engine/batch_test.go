@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // The batch paths: many frames per pass, through io_uring or one system

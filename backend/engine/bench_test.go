@@ -11,11 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
+	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
-	"golang.org/x/sys/unix"
 )
 
 // The engine against a raw read or write loop on the same TAP queue, in
@@ -514,12 +516,12 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
-	var offloads tap.Offload
+	var offloads offload.TunFlags
 	_, frame := benchFrame(c)
 	rxSlot, size := 2048, uint16(1024)
 	if c.gso || c.rxOnly {
 		features |= virtio.NetFGuestCsum | virtio.NetFGuestTSO4
-		offloads = tap.OffloadCsum | tap.OffloadTSO4
+		offloads = offload.TunCsum | offload.TunTSO4
 	}
 	if c.gso {
 		rxSlot = 4096

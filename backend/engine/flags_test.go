@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -23,7 +23,7 @@ func TestRXFlagsFollowGuestCsum(t *testing.T) {
 		{virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.NetFGuestCsum, true},
 	} {
 		tr := newTapRig(t, tc.features, 2048, 0)
-		if err := tr.dev.SetOffload(tap.OffloadCsum); err != nil {
+		if err := tr.dev.SetOffload(offload.TunCsum); err != nil {
 			t.Fatal(err)
 		}
 		tr.postRX(64, 1536)

@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // GSO through a real TAP, checked by real stacks (see netRig): what the
@@ -42,7 +43,7 @@ var txModes = []struct {
 
 func TestTAPGSOTransmit(t *testing.T) {
 	all, kernelUSO := guestAll(t)
-	nr := newNetRig(t, netOptions{features: all, offloads: offload.TunFlags(all)})
+	nr := newNetRig(t, netOptions{features: all, offloads: offload.TunFlagsFor(all)})
 	for _, mode := range txModes {
 		t.Run(mode.name, func(t *testing.T) {
 			nr.use(t)
@@ -264,7 +265,7 @@ func TestTAPGSOReceive(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nr.use(t)
-			if err := nr.dev.SetOffload(offload.TunFlags(tc.features)); err != nil {
+			if err := nr.dev.SetOffload(offload.TunFlagsFor(tc.features)); err != nil {
 				t.Fatal(err)
 			}
 			nr.start(tc.features)
@@ -303,5 +304,5 @@ func guestAll(t *testing.T) (virtio.Features, bool) {
 		t.Fatalf("offloads not probed as root: %s", f)
 	}
 	can := offload.Offer(f.Offloads, true, offload.OfferOptions{}) & offload.GuestFeatures
-	return allOffloads&^offload.GuestFeatures | allOffloads&can, f.Supports(tap.OffloadUSO4 | tap.OffloadUSO6)
+	return allOffloads&^offload.GuestFeatures | allOffloads&can, f.Supports(offload.TunUSO4 | offload.TunUSO6)
 }

@@ -10,12 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
-	"golang.org/x/sys/unix"
 )
 
 // netRig puts a real stack on both sides of the guest. The TAP lives in a
@@ -60,10 +61,10 @@ var (
 )
 
 type netOptions struct {
-	features  virtio.Features // 0: VERSION_1|MRG_RXBUF
-	offloads  tap.Offload     // TUNSETOFFLOAD at start
-	noVnetHdr bool            // a TAP from ip tuntap, opened without IFF_VNET_HDR
-	mod       func(*Config)   // adjusts every queue pair's config
+	features  virtio.Features  // 0: VERSION_1|MRG_RXBUF
+	offloads  offload.TunFlags // TUNSETOFFLOAD at start
+	noVnetHdr bool             // a TAP from ip tuntap, opened without IFF_VNET_HDR
+	mod       func(*Config)    // adjusts every queue pair's config
 }
 
 // rxFrame is one frame the guest received.
@@ -144,7 +145,7 @@ func (nr *netRig) use(t *testing.T) *netRig {
 // tap.Create with a vnet header of hdrLen bytes and TUNSETOFFLOAD
 // offloads, or (noVnetHdr) a multi-queue TAP made by ip tuntap and
 // attached without IFF_VNET_HDR, as an old hypervisor hands one over.
-func (nr *netRig) useTAP(noVnetHdr bool, hdrLen int, offloads tap.Offload) {
+func (nr *netRig) useTAP(noVnetHdr bool, hdrLen int, offloads offload.TunFlags) {
 	t := nr.t
 	nr.stop()
 	nr.closeTAP()

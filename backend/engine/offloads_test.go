@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -13,21 +12,21 @@ import (
 // negotiable are the TUNSETOFFLOAD flags a guest's GUEST_ features map to
 // (offload.TunFlags); the UDP tunnel flags have no virtio-net feature
 // vmnet offers.
-const negotiable = tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN |
-	tap.OffloadUFO | tap.OffloadUSO4 | tap.OffloadUSO6
+const negotiable = offload.TunCsum | offload.TunTSO4 | offload.TunTSO6 | offload.TunTSOECN |
+	offload.TunUFO | offload.TunUSO4 | offload.TunUSO6
 
 // offloadSubsets returns every subset of have the kernel could accept as a
 // whole (Offload.Valid), the empty set first.
-func offloadSubsets(have tap.Offload) []tap.Offload {
-	var bits []tap.Offload
-	for b := tap.Offload(1); b != 0 && b <= have; b <<= 1 {
+func offloadSubsets(have offload.TunFlags) []offload.TunFlags {
+	var bits []offload.TunFlags
+	for b := offload.TunFlags(1); b != 0 && b <= have; b <<= 1 {
 		if have&b != 0 {
 			bits = append(bits, b)
 		}
 	}
-	var out []tap.Offload
+	var out []offload.TunFlags
 	for m := 0; m < 1<<len(bits); m++ {
-		var o tap.Offload
+		var o offload.TunFlags
 		for i, b := range bits {
 			if m&(1<<i) != 0 {
 				o |= b
@@ -46,18 +45,18 @@ func offloadSubsets(have tap.Offload) []tap.Offload {
 // peer's stack takes.
 func TestTAPOffloadCombinations(t *testing.T) {
 	nr := newNetRig(t, netOptions{})
-	f := nr.dev.Features()
+	f := nr.dev.DriverFeatures()
 	if !f.OffloadsProbed {
 		t.Fatalf("offloads not probed as root: %s", f)
 	}
 	have := f.Offloads & negotiable
-	if have&(tap.OffloadUSO4|tap.OffloadUSO6) == 0 {
+	if have&(offload.TunUSO4|offload.TunUSO6) == 0 {
 		// USO came with Linux 6.2; older kernels get fewer combinations.
 		t.Logf("kernel without USO (%s): USO combinations not tested", f)
 	}
 	// The guest may send USO frames whatever the kernel takes: before
 	// Linux 6.2 the engine cuts them (offload.TXCapsFor).
-	kernelUSO := f.Supports(tap.OffloadUSO4 | tap.OffloadUSO6)
+	kernelUSO := f.Supports(offload.TunUSO4 | offload.TunUSO6)
 	nr.mod = func(c *Config) { c.NoUSO = !kernelUSO }
 	subsets := offloadSubsets(have)
 	t.Logf("kernel offloads %s: %d valid combinations", have, len(subsets))
@@ -65,10 +64,10 @@ func TestTAPOffloadCombinations(t *testing.T) {
 		t.Run(set.String(), func(t *testing.T) {
 			nr.use(t)
 			acked := virtio.FVersion1 | virtio.NetFMrgRxbuf | offload.Offer(set, true, offload.OfferOptions{})
-			if got := offload.TunFlags(acked); got != set {
+			if got := offload.TunFlagsFor(acked); got != set {
 				t.Fatalf("TunFlags(Offer(%s)) = %s", set, got)
 			}
-			if err := nr.dev.SetOffload(offload.TunFlags(acked)); err != nil {
+			if err := nr.dev.SetOffload(offload.TunFlagsFor(acked)); err != nil {
 				t.Fatal(err)
 			}
 			nr.start(acked)
@@ -101,7 +100,7 @@ func TestTAPOffloadCombinations(t *testing.T) {
 // so GUEST_UFO can be acked but never sees one.)
 func TestTAPReceiveECN(t *testing.T) {
 	nr := newNetRig(t, netOptions{})
-	if f := nr.dev.Features(); !f.Supports(tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSOECN) {
+	if f := nr.dev.DriverFeatures(); !f.Supports(offload.TunCsum | offload.TunTSO4 | offload.TunTSOECN) {
 		testutil.Skip(t, "kernel without TUN_F_TSO_ECN: %s", f)
 	}
 	nr.ecn = true
@@ -116,7 +115,7 @@ func rxECN(nr *netRig, ecn bool) {
 	if ecn {
 		acked |= virtio.NetFGuestECN
 	}
-	if err := nr.dev.SetOffload(offload.TunFlags(acked)); err != nil {
+	if err := nr.dev.SetOffload(offload.TunFlagsFor(acked)); err != nil {
 		t.Fatal(err)
 	}
 	nr.start(acked)

@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // Frames for the tests, built the way a Linux guest builds them: IPv4 or

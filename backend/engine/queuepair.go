@@ -10,10 +10,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/internal/uring"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // Notifier interrupts the guest: an irqfd or vhost-user call eventfd

@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
-	"golang.org/x/sys/unix"
 )
 
 // rig is a queue pair over a SOCK_SEQPACKET socketpair standing in for the

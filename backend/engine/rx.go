@@ -3,9 +3,10 @@ package engine
 import (
 	"errors"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // rxState is the TAP → guest direction: pop enough receive chains for the

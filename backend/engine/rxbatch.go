@@ -1,8 +1,9 @@
 package engine
 
 import (
-	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // Batched reads: many TAP reads in one io_uring submission, each into

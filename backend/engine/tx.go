@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"golang.org/x/sys/unix"
 )
 
 // minFrame is an Ethernet header: anything shorter is no frame.

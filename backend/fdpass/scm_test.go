@@ -5,8 +5,9 @@ import (
 	"os"
 	"testing"
 
-	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
 func TestSendRecvFiles(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/vmnet-dev/vmnet/backend/tap"
 )
 

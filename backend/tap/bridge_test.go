@@ -6,8 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
 func TestLookupBridgeAndConfigureLink(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
 // Device is a multi-queue TAP device: a keep-alive file that holds the
@@ -22,7 +24,7 @@ import (
 type Device struct {
 	log      hclog.Logger
 	opts     Options
-	features Features
+	features DriverFeatures
 	flags    uint16 // TUNSETIFF flags every file of this device uses
 
 	mu     sync.Mutex
@@ -323,7 +325,7 @@ func (d *Device) setQueueEnabled(i int, on bool) error {
 
 // SetOffload applies TUNSETOFFLOAD: which offloads the kernel may leave
 // to vmnet in frames it hands over (the guest's acked GUEST_* features).
-func (d *Device) SetOffload(o Offload) error {
+func (d *Device) SetOffload(o offload.TunFlags) error {
 	if !o.Valid() {
 		return d.opErr(-1, "TUNSETOFFLOAD", &OptionError{Option: "offloads", Value: o, Reason: "every offload needs csum, uso4 and uso6 go together, tso_ecn needs tso4 or tso6"})
 	}
@@ -372,8 +374,8 @@ func (d *Device) VnetHdrSize() int {
 	return d.opts.VnetHdrSize
 }
 
-// Features is what the kernel's TUN driver offers (see Probe).
-func (d *Device) Features() Features { return d.features }
+// DriverFeatures is what the kernel's TUN driver offers (see Probe).
+func (d *Device) DriverFeatures() DriverFeatures { return d.features }
 
 // NAPI reports whether the device's files use IFF_NAPI.
 func (d *Device) NAPI() bool { return d.flags&iffNAPI != 0 }

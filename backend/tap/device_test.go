@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/internal/testutil"
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
 // newDevice creates a device in a fresh network namespace and closes it
@@ -46,7 +48,7 @@ func TestProbe(t *testing.T) {
 	if !f.OffloadsProbed {
 		t.Fatal("running as root, yet offloads were not probed")
 	}
-	if !f.Supports(OffloadCsum | OffloadTSO4 | OffloadTSO6 | OffloadTSOECN) {
+	if !f.Supports(offload.TunCsum | offload.TunTSO4 | offload.TunTSO6 | offload.TunTSOECN) {
 		t.Errorf("offloads %s lack csum/tso, which every Linux since 2.6 accepts", f.Offloads)
 	}
 	// USO arrived in Linux 6.2: "unsupported" on a newer kernel is a bug
@@ -58,7 +60,7 @@ func TestProbe(t *testing.T) {
 	var major, minor int
 	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
 	if major > 6 || (major == 6 && minor >= 2) {
-		if !f.Supports(OffloadUSO4 | OffloadUSO6) {
+		if !f.Supports(offload.TunUSO4 | offload.TunUSO6) {
 			t.Errorf("kernel %d.%d has USO, probe says offloads %s", major, minor, f.Offloads)
 		}
 	}
@@ -326,8 +328,8 @@ func TestOpenQueueIdempotentAndClose(t *testing.T) {
 
 func TestSetOffload(t *testing.T) {
 	d, ns := newTestDevice(t, Options{})
-	all := d.Features().Offloads
-	if err := d.SetOffload(all & (OffloadCsum | OffloadTSO4 | OffloadTSO6)); err != nil {
+	all := d.DriverFeatures().Offloads
+	if err := d.SetOffload(all & (offload.TunCsum | offload.TunTSO4 | offload.TunTSO6)); err != nil {
 		t.Fatal(err)
 	}
 	out := testutil.Exec(t, ns, "ethtool", "-k", d.Name())
@@ -341,7 +343,7 @@ func TestSetOffload(t *testing.T) {
 	if !strings.Contains(out, "tcp-segmentation-offload: off") {
 		t.Errorf("after SetOffload(0) ethtool -k says:\n%s", out)
 	}
-	if err := d.SetOffload(OffloadTSO4); err == nil {
+	if err := d.SetOffload(offload.TunTSO4); err == nil {
 		t.Error("SetOffload(tso4 without csum): got nil error")
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
 // Header sizes TUNSETVNETHDRSZ may be given: struct virtio_net_hdr (10,
@@ -54,7 +56,7 @@ type Options struct {
 	// Offloads is the TUNSETOFFLOAD set applied at open. The zero value
 	// asks the kernel for plain frames; the engine later applies what the
 	// guest acked.
-	Offloads Offload
+	Offloads offload.TunFlags
 
 	// SndBuf is TUNSETSNDBUF in bytes. 0 keeps the kernel's default
 	// (INT_MAX: never block a writer on socket memory).

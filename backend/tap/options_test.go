@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
 func TestOptionsDefaults(t *testing.T) {
@@ -43,10 +45,10 @@ func TestOptionsValidation(t *testing.T) {
 		{"odd header", Options{VnetHdrSize: 11}, "vnet header size"},
 		{"negative owner", Options{Owner: -2}, "owner"},
 		{"negative group", Options{Group: -2}, "group"},
-		{"tso without csum", Options{Offloads: OffloadTSO4}, "offloads"},
-		{"uso4 alone", Options{Offloads: OffloadCsum | OffloadUSO4}, "offloads"},
-		{"ecn without tso", Options{Offloads: OffloadCsum | OffloadTSOECN}, "offloads"},
-		{"all offloads", Options{Offloads: OffloadCsum | OffloadTSO4 | OffloadTSO6 | OffloadTSOECN | OffloadUFO | OffloadUSO4 | OffloadUSO6}, ""},
+		{"tso without csum", Options{Offloads: offload.TunTSO4}, "offloads"},
+		{"uso4 alone", Options{Offloads: offload.TunCsum | offload.TunUSO4}, "offloads"},
+		{"ecn without tso", Options{Offloads: offload.TunCsum | offload.TunTSOECN}, "offloads"},
+		{"all offloads", Options{Offloads: offload.TunCsum | offload.TunTSO4 | offload.TunTSO6 | offload.TunTSOECN | offload.TunUFO | offload.TunUSO4 | offload.TunUSO6}, ""},
 		{"negative sndbuf", Options{SndBuf: -1}, "sndbuf"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,32 +112,6 @@ func TestCheckFeatures(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "IFF_TAP") {
 		t.Errorf("error %q names IFF_TAP, which is present", err)
-	}
-}
-
-func TestOffloadStringParse(t *testing.T) {
-	for _, tc := range []struct {
-		o Offload
-		s string
-	}{
-		{0, "none"},
-		{OffloadCsum, "csum"},
-		{OffloadCsum | OffloadTSO4 | OffloadTSO6, "csum,tso4,tso6"},
-		{OffloadCsum | OffloadUSO4 | OffloadUSO6, "csum,uso4,uso6"},
-	} {
-		if got := tc.o.String(); got != tc.s {
-			t.Errorf("%#x.String(): got %q, want %q", uint32(tc.o), got, tc.s)
-		}
-		got, err := ParseOffload(tc.s)
-		if err != nil || got != tc.o {
-			t.Errorf("ParseOffload(%q): got %#x, %v; want %#x", tc.s, uint32(got), err, uint32(tc.o))
-		}
-	}
-	if got := Offload(0x8000).String(); got != "unknown(0x8000)" {
-		t.Errorf("unknown bit: got %q", got)
-	}
-	if _, err := ParseOffload("csum,gro"); err == nil {
-		t.Error(`ParseOffload("csum,gro"): got nil error`)
 	}
 }
 

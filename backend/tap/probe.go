@@ -7,11 +7,13 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
-// Features is what the running kernel's TUN driver offers, probed once per
+// DriverFeatures is what the running kernel's TUN driver offers, probed once per
 // process and cached.
-type Features struct {
+type DriverFeatures struct {
 	// Flags is the raw TUNGETFEATURES mask (IFF_* bits).
 	Flags uint32
 
@@ -20,7 +22,7 @@ type Features struct {
 
 	// Offloads lists each TUN_F_* flag that TUNSETOFFLOAD accepted on a
 	// probe device (together with csum, which every offload needs).
-	Offloads Offload
+	Offloads offload.TunFlags
 
 	// OffloadsProbed is false when no probe device could be created (no
 	// CAP_NET_ADMIN); Offloads is then empty, not a verdict.
@@ -28,10 +30,10 @@ type Features struct {
 }
 
 // Supports reports whether the kernel accepted every flag in o.
-func (f Features) Supports(o Offload) bool { return f.Offloads&o == o }
+func (f DriverFeatures) Supports(o offload.TunFlags) bool { return f.Offloads&o == o }
 
 // String is a one-line summary for logs and `vmnet-helper tap show`.
-func (f Features) String() string {
+func (f DriverFeatures) String() string {
 	var flags []string
 	for _, n := range []struct {
 		bit  uint32
@@ -55,29 +57,29 @@ func (f Features) String() string {
 // offloadProbes are the TUNSETOFFLOAD sets tried, each with the flags the
 // kernel requires beside it (tun.c set_offload).
 var offloadProbes = []struct {
-	want, with Offload
+	want, with offload.TunFlags
 }{
-	{OffloadCsum, 0},
-	{OffloadTSO4, OffloadCsum},
-	{OffloadTSO6, OffloadCsum},
-	{OffloadTSOECN, OffloadCsum | OffloadTSO4},
-	{OffloadUFO, OffloadCsum},
-	{OffloadUSO4 | OffloadUSO6, OffloadCsum},
-	{OffloadUDPTunnelGSO, OffloadCsum | OffloadTSO4},
-	{OffloadUDPTunnelGSOCsum, OffloadCsum | OffloadTSO4 | OffloadUDPTunnelGSO},
+	{offload.TunCsum, 0},
+	{offload.TunTSO4, offload.TunCsum},
+	{offload.TunTSO6, offload.TunCsum},
+	{offload.TunTSOECN, offload.TunCsum | offload.TunTSO4},
+	{offload.TunUFO, offload.TunCsum},
+	{offload.TunUSO4 | offload.TunUSO6, offload.TunCsum},
+	{offload.TunUDPTunnelGSO, offload.TunCsum | offload.TunTSO4},
+	{offload.TunUDPTunnelGSOCsum, offload.TunCsum | offload.TunTSO4 | offload.TunUDPTunnelGSO},
 }
 
 var probe struct {
 	sync.Mutex
 	done bool
-	f    Features
+	f    DriverFeatures
 }
 
 // Probe asks the kernel what its TUN driver supports: TUNGETFEATURES on
 // /dev/net/tun, then each TUNSETOFFLOAD flag on a throw-away TAP device in
 // the caller's network namespace. The first successful result is cached
 // for the life of the process.
-func Probe() (Features, error) {
+func Probe() (DriverFeatures, error) {
 	probe.Lock()
 	defer probe.Unlock()
 	if probe.done {
@@ -85,7 +87,7 @@ func Probe() (Features, error) {
 	}
 	f, err := probeKernel()
 	if err != nil {
-		return Features{}, err
+		return DriverFeatures{}, err
 	}
 	if f.OffloadsProbed {
 		probe.done = true
@@ -94,8 +96,8 @@ func Probe() (Features, error) {
 	return f, nil
 }
 
-func probeKernel() (Features, error) {
-	var f Features
+func probeKernel() (DriverFeatures, error) {
+	var f DriverFeatures
 	fd, err := openTunFd()
 	if err != nil {
 		return f, &OpError{Device: tunDevice, Queue: -1, Op: "open", Err: err}

@@ -4,6 +4,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
 // Every ioctl vmnet issues on a TUN fd is in this file and
@@ -73,7 +75,7 @@ func tunSetVnetLE(fd int) error {
 	return unix.IoctlSetPointerInt(fd, unix.TUNSETVNETLE, 1)
 }
 
-func tunSetOffload(fd int, o Offload) error {
+func tunSetOffload(fd int, o offload.TunFlags) error {
 	return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, int(o))
 }
 

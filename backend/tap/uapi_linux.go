@@ -5,20 +5,7 @@ import "golang.org/x/sys/unix"
 // This file mirrors the parts of include/uapi/linux/if_tun.h that
 // golang.org/x/sys/unix does not carry, under their kernel spelling. It is
 // the only file that uses these names; the rest of the package speaks in
-// terms of Offload and Options.
-
-// TUNSETOFFLOAD flags (if_tun.h).
-const (
-	tunFCsum             = 0x01  // TUN_F_CSUM: can handle partial checksums
-	tunFTSO4             = 0x02  // TUN_F_TSO4: can handle TSO for IPv4
-	tunFTSO6             = 0x04  // TUN_F_TSO6: can handle TSO for IPv6
-	tunFTSOECN           = 0x08  // TUN_F_TSO_ECN: can handle TSO with ECN bits
-	tunFUFO              = 0x10  // TUN_F_UFO: can handle UFO
-	tunFUSO4             = 0x20  // TUN_F_USO4: can handle USO for IPv4 (Linux 6.2)
-	tunFUSO6             = 0x40  // TUN_F_USO6: can handle USO for IPv6 (Linux 6.2)
-	tunFUDPTunnelGSO     = 0x080 // TUN_F_UDP_TUNNEL_GSO (Linux 6.17)
-	tunFUDPTunnelGSOCsum = 0x100 // TUN_F_UDP_TUNNEL_GSO_CSUM (Linux 6.17)
-)
+// terms of Options (TUNSETOFFLOAD's flags are offload.TunFlags).
 
 // TUNSETIFF / TUNGETFEATURES flags. x/sys/unix has most of them; NAPI and
 // NAPI_FRAGS are repeated here so every flag the package checks is in one

@@ -9,9 +9,10 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"github.com/vmnet-dev/vmnet/backend/tap"
-	"golang.org/x/sys/unix"
 )
 
 // The bridge helper speaks QEMU's side of qemu-bridge-helper (net/tap.c

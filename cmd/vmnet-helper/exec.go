@@ -16,9 +16,11 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
-	"golang.org/x/sys/unix"
+	"github.com/vmnet-dev/vmnet/offload"
 )
 
 // exec makes a TAP, hands its queue files to a hypervisor it starts at
@@ -220,7 +222,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // validate checks every option before anything is made, and returns the
 // parsed offloads and guest MAC.
-func (o *execOptions) validate() (tap.Offload, net.HardwareAddr, error) {
+func (o *execOptions) validate() (offload.TunFlags, net.HardwareAddr, error) {
 	if err := tap.ValidateName(o.tap, true); err != nil {
 		return 0, nil, usagef("exec: --tap: %v", err)
 	}
@@ -242,7 +244,7 @@ func (o *execOptions) validate() (tap.Offload, net.HardwareAddr, error) {
 		return 0, nil, err
 	}
 	o.steering = steering
-	offloads, err := tap.ParseOffload(o.offloads)
+	offloads, err := offload.ParseTunFlags(o.offloads)
 	if err != nil {
 		return 0, nil, usagef("exec: --offloads: %v", err)
 	}

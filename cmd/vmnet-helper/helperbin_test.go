@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/backend/fdpass"
 )
 
 // The privileged modes drop the privileges of the process they run in,

@@ -14,9 +14,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"github.com/vmnet-dev/vmnet/backend/tap"
-	"golang.org/x/sys/unix"
 )
 
 // serve-fds listens on a unix socket (SOCK_SEQPACKET) and answers each

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 )

@@ -7,10 +7,10 @@ import (
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
-// Backend is the device behind a vhost-user connection. A Server calls it from one
+// Device is the device behind a vhost-user connection. A Server calls it from one
 // goroutine at a time, in the order the front-end's messages arrive, so its methods need no
 // locking against each other; they should return promptly, since the front-end waits.
-type Backend interface {
+type Device interface {
 	// Features returns the virtio features the device offers. FProtocolFeatures is added by
 	// the server and must not be set here.
 	Features() virtio.Features
