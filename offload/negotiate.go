@@ -179,5 +179,5 @@ func GuestOffloads(ctrl uint64, acked virtio.Features) (TunFlags, error) {
 	if extra := set &^ acked; extra != 0 {
 		return 0, fmt.Errorf("guest offloads %s: %s: %w", set, extra, ErrNotNegotiated)
 	}
-	return TunFlags(set), nil
+	return TunFlagsFor(set), nil
 }

@@ -96,7 +96,7 @@ func TestOfferConsistent(t *testing.T) {
 					}
 					o := TunFlagsFor(f)
 					if !o.Valid() || o&^tun != 0 {
-						t.Errorf("TunFlags(Offer(%s, %v, %+v)) = %s: invalid or not accepted", tun, probed, opts, o)
+						t.Errorf("TunFlagsFor(Offer(%s, %v, %+v)) = %s: invalid or not accepted", tun, probed, opts, o)
 					}
 				}
 			}
@@ -124,8 +124,8 @@ func TestTunFlags(t *testing.T) {
 		{virtio.NetFGuestCsum | virtio.NetFGuestUFO, TunCsum | TunUFO},
 	}
 	for _, tt := range tests {
-		if got := TunFlags(tt.acked); got != tt.want {
-			t.Errorf("TunFlags(%s) = %s, want %s", tt.acked, got, tt.want)
+		if got := TunFlagsFor(tt.acked); got != tt.want {
+			t.Errorf("TunFlagsFor(%s) = %s, want %s", tt.acked, got, tt.want)
 		}
 	}
 	// Whatever the guest acks, the kernel must take the result.
@@ -138,7 +138,7 @@ func TestTunFlags(t *testing.T) {
 			}
 		}
 		if o := TunFlagsFor(f); !o.Valid() {
-			t.Errorf("TunFlags(%s) = %s, which TUNSETOFFLOAD refuses", f, o)
+			t.Errorf("TunFlagsFor(%s) = %s, which TUNSETOFFLOAD refuses", f, o)
 		}
 	}
 }
