@@ -86,15 +86,15 @@ func TestTXBatch(t *testing.T) {
 					t.Errorf("a frame more than sent reached the TAP: %d bytes", len(extra))
 				}
 				waitFor(t, func() bool { r.tx.Reap(); return r.tx.InFlight() == 0 }, "TX chains returned")
-				waitFor(t, func() bool { return r.qp.Counters().TXPackets.Load() == uint64(len(want)) }, "tx_packets")
+				waitFor(t, func() bool { return r.qp.Counters().Load(TXPackets) == uint64(len(want)) }, "tx_packets")
 				s := r.qp.Counters().Snapshot()
-				if bad := uint64(len(msgs) - len(want)); s.TXDropBadHeader != bad || s.TXDropKernel != 0 {
+				if bad := uint64(len(msgs) - len(want)); s[TXDropBadHeader] != bad || s[TXDropKernel] != 0 {
 					t.Errorf("counters %s: want tx_drop_bad_header=%d, tx_drop_kernel=0", s, bad)
 				}
 				// One kick, 200 chains: a few passes of up to Budget
 				// (64) frames, not one per frame.
-				if s.TXBatches > 8 {
-					t.Errorf("tx_batches %d for 200 chains posted at once, want at most 8", s.TXBatches)
+				if s[TXBatches] > 8 {
+					t.Errorf("tx_batches %d for 200 chains posted at once, want at most 8", s[TXBatches])
 				}
 			})
 		}
@@ -164,9 +164,9 @@ func TestRXBatch(t *testing.T) {
 								len(want[i]), seqOf(want[i]))
 						}
 					}
-					waitFor(t, func() bool { return r.qp.Counters().RXPackets.Load() == uint64(len(want)) }, "rx_packets")
+					waitFor(t, func() bool { return r.qp.Counters().Load(RXPackets) == uint64(len(want)) }, "rx_packets")
 					s := r.qp.Counters().Snapshot()
-					if tooBig := uint64(n - len(want)); s.RXDropTruncated != tooBig || s.RXDropKernel != 0 {
+					if tooBig := uint64(n - len(want)); s[RXDropTruncated] != tooBig || s[RXDropKernel] != 0 {
 						t.Errorf("counters %s: want rx_drop_truncated=%d, rx_drop_kernel=0", s, tooBig)
 					}
 				})
@@ -329,7 +329,7 @@ func TestBatchRingFallback(t *testing.T) {
 			if !tc.keepRing && submits != 1 {
 				t.Errorf("a refusing ring got %d batches, want 1 (then system calls)", submits)
 			}
-			if s := r.qp.Counters().Snapshot(); s.TXDropKernel+s.RXDropKernel+s.RXDropTruncated != 0 {
+			if s := r.qp.Counters().Snapshot(); s[TXDropKernel]+s[RXDropKernel]+s[RXDropTruncated] != 0 {
 				t.Errorf("counters %s: want no drops", s)
 			}
 		})
@@ -418,7 +418,7 @@ func TestRXBounceBatch(t *testing.T) {
 	if err := r.qp.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return r.qp.Counters().RXDropNoBuffers.Load() == 1 }, "rx_drop_no_buffers=1")
+	waitFor(t, func() bool { return r.qp.Counters().Load(RXDropNoBuffers) == 1 }, "rx_drop_no_buffers=1")
 	r.postRX(64, 2048)
 	var want [][]byte
 	for i, n := range sizes {
@@ -439,7 +439,7 @@ func TestRXBounceBatch(t *testing.T) {
 		t.Errorf("%d batches of at most %d reads, want two bounce batches of 8", submits, most)
 	}
 	s := r.qp.Counters().Snapshot()
-	if s.RXDropTruncated+s.RXDropKernel != 0 || s.RXDropNoBuffers != 1 {
+	if s[RXDropTruncated]+s[RXDropKernel] != 0 || s[RXDropNoBuffers] != 1 {
 		t.Errorf("counters %s: want rx_drop_no_buffers=1 and no other drop", s)
 	}
 	if err := r.qp.Stop(); err != nil {

@@ -317,7 +317,7 @@ func measure(b *testing.B, c benchCase, n int, raw func(n int) error, bq *benchQ
 		if err != nil {
 			b.Fatalf("engine: %v (counters %s)", err, s)
 		}
-		if s.TXDropKernel+s.TXDropBadHeader+s.RXDropKernel+s.RXDropTruncated != 0 {
+		if s[TXDropKernel]+s[TXDropBadHeader]+s[RXDropKernel]+s[RXDropTruncated] != 0 {
 			b.Fatalf("counters %s: want no drops", s)
 		}
 		done += m
@@ -653,7 +653,7 @@ func benchLatency(b *testing.B, bt *benchTAP, tapMAC net.HardwareAddr, mode engi
 		kick(rx, old)
 	}
 	b.StopTimer()
-	if s := bq.qp.Counters().Snapshot(); s.TXPackets < uint64(b.N) {
+	if s := bq.qp.Counters().Snapshot(); s[TXPackets] < uint64(b.N) {
 		b.Fatalf("counters %s: want %d frames sent", s, b.N)
 	}
 }

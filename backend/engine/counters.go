@@ -2,99 +2,168 @@ package engine
 
 import (
 	"fmt"
-	"strings"
+	"iter"
 	"sync/atomic"
+
+	"github.com/vmnet-dev/vmnet/internal/stats"
 )
 
-// Counters are one queue pair's statistics. The worker adds to them once
-// per batch, never per packet under a lock; any goroutine may read them
-// while it runs.
-type Counters struct {
-	TXPackets atomic.Uint64 // frames written to the TAP
-	TXBytes   atomic.Uint64 // their bytes, without the vnet header
-	RXPackets atomic.Uint64 // frames delivered to the guest
-	RXBytes   atomic.Uint64 // their bytes, without the vnet header
+// Counter names one of a queue pair's counters: it indexes Counters,
+// Snapshot and counterTable, which says what each one counts.
+type Counter int
 
-	TXDropBadHeader     atomic.Uint64 // the guest's vnet header broke the negotiated rules
-	TXDropBadDescriptor atomic.Uint64 // a malformed TX chain (returned with length 0)
-	TXDropKernel        atomic.Uint64 // the kernel refused the write
-	RXDropBadDescriptor atomic.Uint64 // a malformed RX chain (returned with length 0)
-	RXDropTruncated     atomic.Uint64 // a frame larger than the guest's buffers
-	RXDropKernel        atomic.Uint64 // a read error other than "no frame"
-	RXDropNoBuffers     atomic.Uint64 // a frame read in a batch that then found too few guest buffers for it
-	MemoryFaults        atomic.Uint64 // the worker faulted on guest memory and stopped (ErrMemoryFault)
+// The counters, in the order String prints them.
+const (
+	TXPackets Counter = iota
+	TXBytes
+	RXPackets
+	RXBytes
 
-	TXSoftCsum     atomic.Uint64 // frames whose partial checksum the engine completed (Config.NoVnetHdr)
-	TXSoftGSO      atomic.Uint64 // GSO frames the engine segmented (Config.NoVnetHdr, Config.NoUSO)
-	TXSoftSegments atomic.Uint64 // the segments it wrote for them
-	TXDropSoftware atomic.Uint64 // frames the software fallbacks could not handle
+	TXDropBadHeader
+	TXDropBadDescriptor
+	TXDropKernel
+	RXDropBadDescriptor
+	RXDropTruncated
+	RXDropKernel
+	RXDropNoBuffers
+	MemoryFaults
 
-	RXWaitBuffers atomic.Uint64 // times the worker stopped reading the TAP for want of guest buffers
-	TXKicks       atomic.Uint64 // TX kicks received
-	RXKicks       atomic.Uint64 // RX kicks received
-	TXInterrupts  atomic.Uint64 // TX used-ring interrupts sent
-	RXInterrupts  atomic.Uint64 // RX used-ring interrupts sent
-	TXBatches     atomic.Uint64 // TX passes that moved at least one frame
-	RXBatches     atomic.Uint64 // RX passes that moved at least one frame
-	BrokenRings   atomic.Uint64 // rings abandoned as unusable until reset
-	Wakeups       atomic.Uint64 // returns from epoll_wait, busy polls included: an idle worker adds none
+	TXSoftCsum
+	TXSoftGSO
+	TXSoftSegments
+	TXDropSoftware
+
+	RXWaitBuffers
+	TXKicks
+	RXKicks
+	TXInterrupts
+	RXInterrupts
+	TXBatches
+	RXBatches
+	BrokenRings
+	Wakeups
+
+	numCounters
+)
+
+// counterTable declares each counter once: every name, help line and
+// drop mark anywhere (the helper's printout, its JSON, the integration
+// harness, a metrics collector) comes from here.
+var counterTable = stats.Table{
+	TXPackets: {Name: "tx_packets", Help: "frames written to the TAP"},
+	TXBytes:   {Name: "tx_bytes", Help: "bytes of the frames written to the TAP, without the vnet header"},
+	RXPackets: {Name: "rx_packets", Help: "frames delivered to the guest"},
+	RXBytes:   {Name: "rx_bytes", Help: "bytes of the frames delivered to the guest, without the vnet header"},
+
+	TXDropBadHeader:     {Name: "tx_drop_bad_header", Help: "TX frames dropped because the guest's vnet header broke the negotiated rules", Drop: true},
+	TXDropBadDescriptor: {Name: "tx_drop_bad_descriptor", Help: "malformed TX chains, returned with length 0", Drop: true},
+	TXDropKernel:        {Name: "tx_drop_kernel", Help: "TX frames whose write the kernel refused", Drop: true},
+	RXDropBadDescriptor: {Name: "rx_drop_bad_descriptor", Help: "malformed RX chains, returned with length 0", Drop: true},
+	RXDropTruncated:     {Name: "rx_drop_truncated", Help: "frames dropped for being larger than the guest's buffers", Drop: true},
+	RXDropKernel:        {Name: "rx_drop_kernel", Help: "TAP reads that failed other than for want of a frame", Drop: true},
+	RXDropNoBuffers:     {Name: "rx_drop_no_buffers", Help: "frames read in a batch that then found too few guest buffers for them", Drop: true},
+	MemoryFaults:        {Name: "memory_faults", Help: "times the worker faulted on guest memory and stopped (ErrMemoryFault)", Drop: true},
+
+	TXSoftCsum:     {Name: "tx_soft_csum", Help: "TX frames whose partial checksum the engine completed (Config.NoVnetHdr)"},
+	TXSoftGSO:      {Name: "tx_soft_gso", Help: "TX GSO frames the engine segmented (Config.NoVnetHdr, Config.NoUSO)"},
+	TXSoftSegments: {Name: "tx_soft_segments", Help: "segments the engine wrote for the GSO frames it segmented"},
+	TXDropSoftware: {Name: "tx_drop_software", Help: "TX frames the software fallbacks could not handle", Drop: true},
+
+	RXWaitBuffers: {Name: "rx_wait_buffers", Help: "times the worker stopped reading the TAP for want of guest buffers"},
+	TXKicks:       {Name: "tx_kicks", Help: "TX kicks received"},
+	RXKicks:       {Name: "rx_kicks", Help: "RX kicks received"},
+	TXInterrupts:  {Name: "tx_interrupts", Help: "TX used-ring interrupts sent"},
+	RXInterrupts:  {Name: "rx_interrupts", Help: "RX used-ring interrupts sent"},
+	TXBatches:     {Name: "tx_batches", Help: "TX passes that moved at least one frame"},
+	RXBatches:     {Name: "rx_batches", Help: "RX passes that moved at least one frame"},
+	BrokenRings:   {Name: "broken_rings", Help: "rings abandoned as unusable until the device is reset", Drop: true},
+	Wakeups:       {Name: "wakeups", Help: "returns from epoll_wait, busy polls included: an idle worker adds none"},
 }
 
-// Snapshot is a copy of Counters at one moment, for printing and tests.
-type Snapshot struct {
-	TXPackets, TXBytes, RXPackets, RXBytes                      uint64
-	TXDropBadHeader, TXDropBadDescriptor, TXDropKernel          uint64
-	RXDropBadDescriptor, RXDropTruncated, RXDropKernel          uint64
-	RXDropNoBuffers, MemoryFaults                               uint64
-	TXSoftCsum, TXSoftGSO, TXSoftSegments, TXDropSoftware       uint64
-	RXWaitBuffers, TXKicks, RXKicks, TXInterrupts, RXInterrupts uint64
-	TXBatches, RXBatches, BrokenRings, Wakeups                  uint64
+// String is the counter's name, as Snapshot.String and MarshalJSON print
+// it.
+func (k Counter) String() string {
+	if k < 0 || k >= numCounters {
+		return fmt.Sprintf("Counter(%d)", int(k))
+	}
+	return counterTable[k].Name
 }
+
+// Counters are one queue pair's statistics, indexed by Counter. The
+// worker adds to them once per pass, never per packet under a lock; any
+// goroutine may read them while it runs. The zero value is ready.
+type Counters struct{ v [numCounters]atomic.Uint64 }
+
+// Add adds n to counter k.
+func (c *Counters) Add(k Counter, n uint64) { c.v[k].Add(n) }
+
+// Load reads counter k.
+func (c *Counters) Load(k Counter) uint64 { return c.v[k].Load() }
 
 // Snapshot reads every counter.
 func (c *Counters) Snapshot() Snapshot {
-	return Snapshot{
-		TXPackets: c.TXPackets.Load(), TXBytes: c.TXBytes.Load(),
-		RXPackets: c.RXPackets.Load(), RXBytes: c.RXBytes.Load(),
-		TXDropBadHeader: c.TXDropBadHeader.Load(), TXDropBadDescriptor: c.TXDropBadDescriptor.Load(),
-		TXDropKernel: c.TXDropKernel.Load(), RXDropBadDescriptor: c.RXDropBadDescriptor.Load(),
-		RXDropTruncated: c.RXDropTruncated.Load(), RXDropKernel: c.RXDropKernel.Load(),
-		RXDropNoBuffers: c.RXDropNoBuffers.Load(), MemoryFaults: c.MemoryFaults.Load(),
-		TXSoftCsum: c.TXSoftCsum.Load(), TXSoftGSO: c.TXSoftGSO.Load(),
-		TXSoftSegments: c.TXSoftSegments.Load(), TXDropSoftware: c.TXDropSoftware.Load(),
-		RXWaitBuffers: c.RXWaitBuffers.Load(), TXKicks: c.TXKicks.Load(), RXKicks: c.RXKicks.Load(),
-		TXInterrupts: c.TXInterrupts.Load(), RXInterrupts: c.RXInterrupts.Load(),
-		TXBatches: c.TXBatches.Load(), RXBatches: c.RXBatches.Load(), BrokenRings: c.BrokenRings.Load(),
-		Wakeups: c.Wakeups.Load(),
+	var s Snapshot
+	for k := range c.v {
+		s[k] = c.v[k].Load()
+	}
+	return s
+}
+
+// tally counts one pass of the worker, added to Counters once at its end:
+// an atomic per counter that moved, not per packet.
+type tally [numCounters]uint64
+
+func (c *Counters) addTally(t *tally) {
+	for k, n := range t {
+		if n != 0 {
+			c.v[k].Add(n)
+		}
 	}
 }
 
-// String prints the non-zero counters as key=value pairs.
+// Snapshot is a copy of Counters at one moment, indexed by Counter: for
+// printing, exporting and tests.
+type Snapshot [numCounters]uint64
+
+// String prints the non-zero counters and the frame counts as name=value
+// pairs: "tx_packets=13 tx_bytes=1146 rx_packets=10 rx_bytes=880".
+// ParseSnapshot reads it back.
 func (s Snapshot) String() string {
-	var b strings.Builder
-	for _, kv := range []struct {
-		k string
-		v uint64
-	}{
-		{"tx_packets", s.TXPackets}, {"tx_bytes", s.TXBytes}, {"rx_packets", s.RXPackets}, {"rx_bytes", s.RXBytes},
-		{"tx_drop_bad_header", s.TXDropBadHeader}, {"tx_drop_bad_descriptor", s.TXDropBadDescriptor},
-		{"tx_drop_kernel", s.TXDropKernel}, {"rx_drop_bad_descriptor", s.RXDropBadDescriptor},
-		{"rx_drop_truncated", s.RXDropTruncated}, {"rx_drop_kernel", s.RXDropKernel},
-		{"rx_drop_no_buffers", s.RXDropNoBuffers}, {"memory_faults", s.MemoryFaults},
-		{"tx_soft_csum", s.TXSoftCsum}, {"tx_soft_gso", s.TXSoftGSO},
-		{"tx_soft_segments", s.TXSoftSegments}, {"tx_drop_software", s.TXDropSoftware},
-		{"rx_wait_buffers", s.RXWaitBuffers}, {"tx_kicks", s.TXKicks}, {"rx_kicks", s.RXKicks},
-		{"tx_interrupts", s.TXInterrupts}, {"rx_interrupts", s.RXInterrupts},
-		{"tx_batches", s.TXBatches}, {"rx_batches", s.RXBatches}, {"broken_rings", s.BrokenRings},
-		{"wakeups", s.Wakeups},
-	} {
-		if kv.v == 0 && !strings.HasSuffix(kv.k, "packets") {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		fmt.Fprintf(&b, "%s=%d", kv.k, kv.v)
+	return string(counterTable.AppendText(nil, s[:], func(i int) bool {
+		return s[i] != 0 || Counter(i) == TXPackets || Counter(i) == RXPackets
+	}))
+}
+
+// ParseSnapshot reads what Snapshot.String printed; counters it leaves
+// out are zero.
+func ParseSnapshot(text string) (Snapshot, error) {
+	var s Snapshot
+	if err := counterTable.ParseText(text, s[:]); err != nil {
+		return Snapshot{}, fmt.Errorf("parse queue pair counters: %w", err)
 	}
-	return b.String()
+	return s, nil
+}
+
+// MarshalJSON writes every counter, zero or not, as one object of name
+// to value.
+func (s Snapshot) MarshalJSON() ([]byte, error) {
+	return counterTable.AppendJSON(nil, s[:]), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote; counters it leaves out are
+// zero, a name the table does not declare is an error.
+func (s *Snapshot) UnmarshalJSON(b []byte) error {
+	var t Snapshot
+	if err := counterTable.ParseJSON(b, t[:]); err != nil {
+		return fmt.Errorf("parse queue pair counters: %w", err)
+	}
+	*s = t
+	return nil
+}
+
+// All yields each counter's declaration (name, help, kind, whether it
+// counts drops) with its value, in Counter order: what a metrics
+// collector exports.
+func (s Snapshot) All() iter.Seq2[stats.Desc, uint64] {
+	return counterTable.All(s[:])
 }

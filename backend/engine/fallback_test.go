@@ -153,15 +153,15 @@ func TestFallbackNoVnetHdrTX(t *testing.T) {
 			r.postTX([]virtio.NetHdr{tc.hdr}, [][]byte{tc.frame})
 			got := r.readN(tc.segs)
 			tc.check(t, got, tc.frame)
-			waitFor(t, func() bool { return r.qp.Counters().TXPackets.Load() == 1 }, "tx_packets")
+			waitFor(t, func() bool { return r.qp.Counters().Load(TXPackets) == 1 }, "tx_packets")
 			s := r.qp.Counters().Snapshot()
-			if s.TXDropSoftware+s.TXDropKernel+s.TXDropBadHeader != 0 {
+			if s[TXDropSoftware]+s[TXDropKernel]+s[TXDropBadHeader] != 0 {
 				t.Errorf("counters %s: want no drops", s)
 			}
-			if tc.hdr.GSOType != virtio.GSONone && (s.TXSoftGSO != 1 || s.TXSoftSegments != uint64(tc.segs)) {
+			if tc.hdr.GSOType != virtio.GSONone && (s[TXSoftGSO] != 1 || s[TXSoftSegments] != uint64(tc.segs)) {
 				t.Errorf("counters %s: want tx_soft_gso=1 tx_soft_segments=%d", s, tc.segs)
 			}
-			if tc.hdr.GSOType == virtio.GSONone && tc.hdr.Flags != 0 && s.TXSoftCsum != 1 {
+			if tc.hdr.GSOType == virtio.GSONone && tc.hdr.Flags != 0 && s[TXSoftCsum] != 1 {
 				t.Errorf("counters %s: want tx_soft_csum=1", s)
 			}
 		})
@@ -319,8 +319,8 @@ func TestFallbackNoUSO(t *testing.T) {
 	if !bytes.Equal(got[10], want) {
 		t.Errorf("tso frame changed on its way: got %d bytes, want %d", len(got[10]), len(want))
 	}
-	waitFor(t, func() bool { return r.qp.Counters().TXPackets.Load() == 2 }, "tx_packets")
-	if s := r.qp.Counters().Snapshot(); s.TXSoftGSO != 1 || s.TXSoftSegments != 10 {
+	waitFor(t, func() bool { return r.qp.Counters().Load(TXPackets) == 2 }, "tx_packets")
+	if s := r.qp.Counters().Snapshot(); s[TXSoftGSO] != 1 || s[TXSoftSegments] != 10 {
 		t.Errorf("counters %s: want tx_soft_gso=1 tx_soft_segments=10", s)
 	}
 }
@@ -336,5 +336,5 @@ func TestFallbackTooManySegments(t *testing.T) {
 	if !bytes.Equal(got[0], ok) {
 		t.Errorf("got %d bytes, want the frame after the dropped one", len(got[0]))
 	}
-	waitFor(t, func() bool { return r.qp.Counters().TXDropSoftware.Load() == 1 }, "tx_drop_software")
+	waitFor(t, func() bool { return r.qp.Counters().Load(TXDropSoftware) == 1 }, "tx_drop_software")
 }

@@ -18,7 +18,7 @@ var ErrMemoryFault = memfault.ErrFault
 func (qp *QueuePair) runGuarded(p *poller) error {
 	err := memfault.Guard(func() error { return qp.run(p) })
 	if errors.Is(err, memfault.ErrFault) {
-		qp.ctr.MemoryFaults.Add(1)
+		qp.ctr.Add(MemoryFaults, 1)
 		qp.log.Error("queue pair stopped until the device is reset", "error", err)
 		return fmt.Errorf("queue pair %d: %w", qp.cfg.Index, err)
 	}

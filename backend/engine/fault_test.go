@@ -40,7 +40,7 @@ func TestGuestMemoryFault(t *testing.T) {
 	shrink()
 	// The test must not touch guest memory now: kick without the guest.
 	r.txKick.Notify()
-	waitFor(t, func() bool { return r.qp.Counters().MemoryFaults.Load() == 1 }, "memory_faults=1")
+	waitFor(t, func() bool { return r.qp.Counters().Load(MemoryFaults) == 1 }, "memory_faults=1")
 	err := r.qp.Stop()
 	if !errors.Is(err, ErrMemoryFault) {
 		t.Fatalf("Stop: got %v, want ErrMemoryFault", err)

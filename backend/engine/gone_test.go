@@ -28,7 +28,7 @@ func TestTAPDeviceGoneMidTraffic(t *testing.T) {
 				for i := 0; i < 300; i++ {
 					src.WriteToUDP([]byte("to the guest"), &net.UDPAddr{IP: guest4, Port: 9001})
 				}
-				waitFor(t, func() bool { return nr.qp.Counters().RXWaitBuffers.Load() > 0 }, "rx_wait_buffers")
+				waitFor(t, func() bool { return nr.qp.Counters().Load(RXWaitBuffers) > 0 }, "rx_wait_buffers")
 			}
 			testutil.Exec(t, nr.ns, "ip", "link", "del", "dev", nr.tapName)
 			if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
@@ -39,16 +39,16 @@ func TestTAPDeviceGoneMidTraffic(t *testing.T) {
 				// gone, and leaves it.
 				nr.rx.Reap()
 				nr.postRX(int(nr.rx.Size())-nr.rx.InFlight(), nr.rxBuf)
-				waitFor(t, func() bool { return nr.qp.Counters().RXKicks.Load() > 0 }, "rx_kicks")
+				waitFor(t, func() bool { return nr.qp.Counters().Load(RXKicks) > 0 }, "rx_kicks")
 				if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
 					t.Errorf("device gone, buffers posted: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
 				}
 			}
-			before := nr.qp.Counters().TXDropKernel.Load()
+			before := nr.qp.Counters().Load(TXDropKernel)
 			for i := range 5 {
 				nr.sendTX(nr.seqFrame(i))
 			}
-			waitFor(t, func() bool { return nr.qp.Counters().TXDropKernel.Load() == before+5 }, "TX frames counted as dropped")
+			waitFor(t, func() bool { return nr.qp.Counters().Load(TXDropKernel) == before+5 }, "TX frames counted as dropped")
 			if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
 				t.Errorf("device gone, after TX: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
 			}

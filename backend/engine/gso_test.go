@@ -64,20 +64,20 @@ func TestTAPGSOTransmit(t *testing.T) {
 			}
 			nr.use(t)
 			s := nr.qp.Counters().Snapshot()
-			if s.TXDropBadHeader+s.TXDropKernel+s.TXDropSoftware != 0 {
+			if s[TXDropBadHeader]+s[TXDropKernel]+s[TXDropSoftware] != 0 {
 				t.Errorf("counters %s: want no TX drops", s)
 			}
 			switch {
 			case mode.noVnetHdr:
-				if s.TXSoftGSO != 4 || s.TXSoftCsum == 0 {
+				if s[TXSoftGSO] != 4 || s[TXSoftCsum] == 0 {
 					t.Errorf("counters %s: want tx_soft_gso=4 and partial checksums completed", s)
 				}
 			case noUSO:
-				if s.TXSoftGSO != 2 {
+				if s[TXSoftGSO] != 2 {
 					t.Errorf("counters %s: want tx_soft_gso=2 (the USO frames)", s)
 				}
 			default:
-				if s.TXSoftGSO+s.TXSoftCsum != 0 {
+				if s[TXSoftGSO]+s[TXSoftCsum] != 0 {
 					t.Errorf("counters %s: want no software fallback", s)
 				}
 			}
@@ -284,7 +284,7 @@ func TestTAPGSOReceive(t *testing.T) {
 					t.Errorf("v6=%v: frames by gso_type %v, want %v frames %v", v6, seen, tcpGSO, want)
 				}
 			}
-			if s := nr.qp.Counters().Snapshot(); s.RXDropKernel+s.RXDropTruncated+s.RXDropBadDescriptor != 0 {
+			if s := nr.qp.Counters().Snapshot(); s[RXDropKernel]+s[RXDropTruncated]+s[RXDropBadDescriptor] != 0 {
 				t.Errorf("counters %s: want no RX drops", s)
 			}
 		})

@@ -212,9 +212,9 @@ func strictlyRising(got []int) bool {
 
 // idleWakeups counts the worker's wakeups over d.
 func idleWakeups(qp *QueuePair, d time.Duration) uint64 {
-	w0 := qp.Counters().Wakeups.Load()
+	w0 := qp.Counters().Load(Wakeups)
 	time.Sleep(d)
-	return qp.Counters().Wakeups.Load() - w0
+	return qp.Counters().Load(Wakeups) - w0
 }
 
 // Detaching the queue (the guest turned the queue pair off, or the VMM

@@ -87,7 +87,7 @@ func TestTAPOffloadCombinations(t *testing.T) {
 			txTCP(nr, false)
 			txUSO(nr, true)
 			s := nr.qp.Counters().Snapshot()
-			if s.TXDropBadHeader+s.TXDropKernel+s.RXDropKernel+s.RXDropTruncated+s.RXDropBadDescriptor != 0 {
+			if s[TXDropBadHeader]+s[TXDropKernel]+s[RXDropKernel]+s[RXDropTruncated]+s[RXDropBadDescriptor] != 0 {
 				t.Errorf("counters %s: want no drops", s)
 			}
 		})

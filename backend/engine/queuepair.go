@@ -420,7 +420,7 @@ func (qp *QueuePair) run(p *poller) error {
 		if err != nil {
 			return qp.fail(err)
 		}
-		qp.ctr.Wakeups.Add(1)
+		qp.ctr.Add(Wakeups, 1)
 		for _, ev := range events {
 			switch ev.Fd {
 			case tagStop:
@@ -429,11 +429,11 @@ func (qp *QueuePair) run(p *poller) error {
 				return nil
 			case tagTXKick:
 				qp.cfg.TXKick.Drain()
-				qp.ctr.TXKicks.Add(1)
+				qp.ctr.Add(TXKicks, 1)
 				tx.pending = true
 			case tagRXKick:
 				qp.cfg.RXKick.Drain()
-				qp.ctr.RXKicks.Add(1)
+				qp.ctr.Add(RXKicks, 1)
 				rx.kicked()
 			case tagTAP:
 				rx.tapReadable = true
@@ -473,20 +473,12 @@ func allZero(b []byte) bool {
 // publish returns the chains pushed to q to the driver with one index
 // store, and interrupts the driver if it asked to be (virtio 1.2 §2.7.10,
 // §2.8.10).
-func (qp *QueuePair) publish(q virtio.Queue, call Notifier, interrupts *atomic.Uint64, dir string) {
+func (qp *QueuePair) publish(q virtio.Queue, call Notifier, interrupts Counter, dir string) {
 	q.Flush()
 	if q.NeedsInterrupt() {
 		if err := call.Notify(); err != nil {
 			qp.log.Warn(dir+" interrupt failed", "error", err)
 		}
-		interrupts.Add(1)
-	}
-}
-
-// add adds v to c unless it is zero: a batch's counters cost an atomic
-// only when something happened.
-func add(c *atomic.Uint64, v uint64) {
-	if v != 0 {
-		c.Add(v)
+		qp.ctr.Add(interrupts, 1)
 	}
 }

@@ -256,7 +256,7 @@ func TestTXFrameSizes(t *testing.T) {
 			waitFor(t, func() bool { r.tx.Reap(); return r.tx.InFlight() == 0 }, "TX chains returned")
 			// The worker adds to its counters once per batch, after it
 			// returned the chains.
-			waitFor(t, func() bool { return r.qp.Counters().TXPackets.Load() == uint64(len(sizes)) }, "tx_packets")
+			waitFor(t, func() bool { return r.qp.Counters().Load(TXPackets) == uint64(len(sizes)) }, "tx_packets")
 		})
 	}
 }
@@ -272,8 +272,8 @@ func TestTXRuntDropped(t *testing.T) {
 		t.Errorf("runt reached the TAP: %x", extra)
 	}
 	waitFor(t, func() bool { r.tx.Reap(); return r.tx.InFlight() == 0 }, "TX chains returned")
-	waitFor(t, func() bool { return r.qp.Counters().TXPackets.Load() == 1 }, "tx_packets")
-	if s := r.qp.Counters().Snapshot(); s.TXDropBadHeader != 1 || s.TXPackets != 1 {
+	waitFor(t, func() bool { return r.qp.Counters().Load(TXPackets) == 1 }, "tx_packets")
+	if s := r.qp.Counters().Snapshot(); s[TXDropBadHeader] != 1 || s[TXPackets] != 1 {
 		t.Errorf("counters: %s; want tx_drop_bad_header=1 tx_packets=1", s)
 	}
 }
@@ -317,8 +317,8 @@ func TestRXFrameSizes(t *testing.T) {
 						r.rxKick.Notify()
 					}
 				}
-				waitFor(t, func() bool { return r.qp.Counters().RXPackets.Load() == uint64(len(tc.sizes)) }, "rx_packets")
-				if s := r.qp.Counters().Snapshot(); s.RXPackets != uint64(len(tc.sizes)) {
+				waitFor(t, func() bool { return r.qp.Counters().Load(RXPackets) == uint64(len(tc.sizes)) }, "rx_packets")
+				if s := r.qp.Counters().Snapshot(); s[RXPackets] != uint64(len(tc.sizes)) {
 					t.Errorf("counters: %s; want rx_packets=%d", s, len(tc.sizes))
 				}
 			})
@@ -334,7 +334,7 @@ func TestRXBackPressure(t *testing.T) {
 		r.writePeer(frame(100, i))
 	}
 	time.Sleep(50 * time.Millisecond)
-	if s := r.qp.Counters().Snapshot(); s.RXPackets != 0 || s.RXWaitBuffers == 0 {
+	if s := r.qp.Counters().Snapshot(); s[RXPackets] != 0 || s[RXWaitBuffers] == 0 {
 		t.Fatalf("before buffers: %s; want no rx_packets and rx_wait_buffers > 0", s)
 	}
 	var got [][]byte
@@ -351,9 +351,9 @@ func TestRXBackPressure(t *testing.T) {
 			t.Fatalf("frame %d out of order or damaged", i)
 		}
 	}
-	waitFor(t, func() bool { return r.qp.Counters().RXPackets.Load() == 40 }, "rx_packets")
+	waitFor(t, func() bool { return r.qp.Counters().Load(RXPackets) == 40 }, "rx_packets")
 	s := r.qp.Counters().Snapshot()
-	if s.RXPackets != 40 || s.RXDropTruncated+s.RXDropKernel+s.RXDropBadDescriptor != 0 {
+	if s[RXPackets] != 40 || s[RXDropTruncated]+s[RXDropKernel]+s[RXDropBadDescriptor] != 0 {
 		t.Errorf("counters: %s; want rx_packets=40 and no drops", s)
 	}
 }
@@ -388,7 +388,7 @@ func TestTXBadHeaderDropped(t *testing.T) {
 	if extra := r.readPeer(100 * time.Millisecond); extra != nil {
 		t.Errorf("bad header reached the TAP")
 	}
-	waitFor(t, func() bool { return r.qp.Counters().TXDropBadHeader.Load() == 1 }, "tx_drop_bad_header")
+	waitFor(t, func() bool { return r.qp.Counters().Load(TXDropBadHeader) == 1 }, "tx_drop_bad_header")
 }
 
 // Stopping gives popped-but-unfilled receive buffers back to the ring, so

@@ -40,7 +40,8 @@ type rxState struct {
 	check  bool     // a batch found nothing: the next read is read(2)
 	small  int      // frames in a row that fit one chain
 
-	tally rxTally // this pass's counts
+	tally  tally // this pass's counts
+	pushed int   // chains this pass returned to the driver
 
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
@@ -113,26 +114,20 @@ func (r *rxState) kicked() {
 	r.tapReadable = true
 }
 
-// rxTally counts one pass, added to the counters once at its end.
-type rxTally struct {
-	packets, bytes, truncated, kernel, noBufs, badDesc uint64
-	pushed                                             int // chains returned to the driver
-}
-
 // process delivers up to Budget frames and reports whether it delivered
 // any.
 func (r *rxState) process() bool {
 	qp := r.qp
 	hdrLen := qp.cfg.HdrLen
-	r.tally = rxTally{}
+	r.tally, r.pushed = tally{}, 0
 	t := &r.tally
 	// Frames dropped count against the budget too: a TAP that only
 	// fails reads still lets the worker turn to TX.
-	for left := qp.cfg.Budget; left > 0; left = qp.cfg.Budget - int(t.packets+t.truncated+t.kernel) {
+	for left := qp.cfg.Budget; left > 0; left = qp.cfg.Budget - int(t[RXPackets]+t[RXDropTruncated]+t[RXDropKernel]) {
 		if !r.fill() {
 			if !r.broken {
 				r.starved = true
-				qp.ctr.RXWaitBuffers.Add(1)
+				qp.ctr.Add(RXWaitBuffers, 1)
 			}
 			break
 		}
@@ -200,20 +195,14 @@ func (r *rxState) process() bool {
 			r.small = 0
 		}
 	}
-	if t.pushed > 0 {
-		qp.publish(r.q, qp.cfg.RXCall, &qp.ctr.RXInterrupts, "RX")
+	if r.pushed > 0 {
+		qp.publish(r.q, qp.cfg.RXCall, RXInterrupts, "RX")
 	}
-	c := qp.ctr
-	if t.packets > 0 {
-		c.RXPackets.Add(t.packets)
-		c.RXBytes.Add(t.bytes)
-		c.RXBatches.Add(1)
+	if t[RXPackets] > 0 {
+		t[RXBatches] = 1
 	}
-	add(&c.RXDropTruncated, t.truncated)
-	add(&c.RXDropNoBuffers, t.noBufs)
-	add(&c.RXDropKernel, t.kernel)
-	add(&c.RXDropBadDescriptor, t.badDesc)
-	return t.packets+t.truncated+t.kernel+t.badDesc > 0
+	qp.ctr.addTally(t)
+	return t[RXPackets]+t[RXDropTruncated]+t[RXDropKernel]+t[RXDropBadDescriptor] > 0
 }
 
 // result sorts out what a read of the TAP gave: n bytes, or err. It
@@ -229,7 +218,7 @@ func (r *rxState) result(n int, err error) (int, bool) {
 		r.markGone(err)
 		return 0, false
 	case err != nil:
-		r.tally.kernel++
+		r.tally[RXDropKernel]++
 		r.drops.Drop("TAP read failed", err)
 		return 0, false
 	}
@@ -237,7 +226,7 @@ func (r *rxState) result(n int, err error) (int, bool) {
 		n += r.qp.cfg.HdrLen
 	}
 	if n < r.qp.cfg.HdrLen {
-		r.tally.kernel++
+		r.tally[RXDropKernel]++
 		return 0, false
 	}
 	return n, true
@@ -245,7 +234,7 @@ func (r *rxState) result(n int, err error) (int, bool) {
 
 // tooBig drops a frame larger than the guest's buffers can take.
 func (r *rxState) tooBig() {
-	r.tally.truncated++
+	r.tally[RXDropTruncated]++
 	r.drops.Drop("frame larger than the guest's receive buffers", nil)
 }
 
@@ -312,8 +301,8 @@ func (r *rxState) popOne() *virtio.Chain {
 // badChain returns a chain unused and counts it.
 func (r *rxState) badChain(c *virtio.Chain) {
 	r.pushSlot(c, 0)
-	r.tally.badDesc++
-	r.tally.pushed++
+	r.tally[RXDropBadDescriptor]++
+	r.pushed++
 }
 
 // deliver returns the chains holding an n-byte read (header included) to
@@ -351,9 +340,9 @@ func (r *rxState) deliver(n int) int {
 		r.advance()
 		r.count--
 	}
-	r.tally.packets++
-	r.tally.bytes += uint64(n - hdrLen)
-	r.tally.pushed += used
+	r.tally[RXPackets]++
+	r.tally[RXBytes] += uint64(n - hdrLen)
+	r.pushed += used
 	return used
 }
 
@@ -417,7 +406,7 @@ func (r *rxState) release() {
 		r.count--
 	}
 	r.capacity = 0
-	r.qp.publish(r.q, r.qp.cfg.RXCall, &r.qp.ctr.RXInterrupts, "RX")
+	r.qp.publish(r.q, r.qp.cfg.RXCall, RXInterrupts, "RX")
 }
 
 func (r *rxState) pushSlot(c *virtio.Chain, written uint32) {
@@ -428,7 +417,7 @@ func (r *rxState) pushSlot(c *virtio.Chain, written uint32) {
 
 func (r *rxState) breakRing(err error) {
 	r.broken = true
-	r.qp.ctr.BrokenRings.Add(1)
+	r.qp.ctr.Add(BrokenRings, 1)
 	r.qp.log.Error("RX ring unusable until the device is reset", "error", err)
 }
 

@@ -130,7 +130,7 @@ func (r *rxState) readBatch(k int, bounce bool) {
 		qp.ring.Readv(qp.tapFd, io.v)
 	}
 	qp.submit(r.res[:k])
-	before := r.tally.packets
+	before := r.tally[RXPackets]
 	delivered := 0 // frames delivered in place, one chain each
 	saved := false // the rest of the batch is in the bounce buffers
 	for i := range k {
@@ -182,11 +182,11 @@ func (r *rxState) readBatch(k int, bounce bool) {
 			continue
 		}
 		if !r.place(r.bounce[i][:n]) {
-			r.tally.noBufs++
+			r.tally[RXDropNoBuffers]++
 			r.drops.Drop("no receive buffers left for a frame already read", nil)
 		}
 	}
-	got := int(r.tally.packets - before)
+	got := int(r.tally[RXPackets] - before)
 	r.batch = min(max(2*got, 2), len(r.res))
 	if got == 0 && !r.tapReadable && !r.gone {
 		// Every read found nothing, yet the worker came because the TAP

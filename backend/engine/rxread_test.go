@@ -37,7 +37,7 @@ func TestRXSingleBufferRead(t *testing.T) {
 					t.Errorf("frame %d: %d bytes, want the %d-byte frame", i, len(f), want[i])
 				}
 			}
-			waitFor(t, func() bool { return r.qp.Counters().RXDropTruncated.Load() == 2 }, "rx_drop_truncated=2")
+			waitFor(t, func() bool { return r.qp.Counters().Load(RXDropTruncated) == 2 }, "rx_drop_truncated=2")
 		})
 	}
 }

@@ -199,8 +199,8 @@ func TestTAPFrameTooBigForBuffers(t *testing.T) {
 	if got == nil || string(got[42:]) != "small" {
 		t.Fatalf("got %x, want the small datagram after the dropped one", got)
 	}
-	waitFor(t, func() bool { return tr.qp.Counters().RXDropTruncated.Load() >= 1 }, "rx_drop_truncated")
-	if s := tr.qp.Counters().Snapshot(); s.RXDropTruncated != 1 {
+	waitFor(t, func() bool { return tr.qp.Counters().Load(RXDropTruncated) >= 1 }, "rx_drop_truncated")
+	if s := tr.qp.Counters().Snapshot(); s[RXDropTruncated] != 1 {
 		t.Errorf("counters: %s; want rx_drop_truncated=1", s)
 	}
 }

@@ -27,7 +27,7 @@ type txState struct {
 	frames  []txFrame // the batch; len is its largest size
 	n       int       // frames in the batch
 	res     []int32   // io_uring's results for the batch
-	tally   txTally   // this pass's counts
+	tally   tally     // this pass's counts
 	iov     iovecs    // the software fallbacks' writes
 	h       virtio.NetHdr
 	soft    softTX // the software fallbacks' scratch
@@ -48,11 +48,6 @@ type txFrame struct {
 	len   int                     // frame bytes, without the header
 	write bool                    // written by the batch (else returned unwritten)
 	res   int32                   // bytes written or -errno
-}
-
-// txTally counts one pass, added to the counters once at its end.
-type txTally struct {
-	packets, bytes, badHdr, badDesc, kernel, softCsum, softGSO, softSegs, softDrop uint64
 }
 
 func (t *txState) init(qp *QueuePair, batch int) {
@@ -76,7 +71,7 @@ func (t *txState) init(qp *QueuePair, batch int) {
 func (t *txState) process() bool {
 	qp := t.qp
 	hdrLen := qp.cfg.HdrLen
-	t.tally = txTally{}
+	t.tally = tally{}
 	pushed := 0
 	t.q.DisableNotify()
 	for pushed < qp.cfg.Budget {
@@ -87,7 +82,7 @@ func (t *txState) process() bool {
 				t.breakRing(err)
 				break
 			}
-			t.tally.badDesc++
+			t.tally[TXDropBadDescriptor]++
 			t.drops.Drop("malformed TX chain", err)
 			t.skip(f)
 			pushed++
@@ -118,7 +113,7 @@ func (t *txState) process() bool {
 		pushed++
 		frameLen := int(f.chain.ReadLen) - hdrLen
 		if frameLen < minFrame {
-			t.tally.badHdr++
+			t.tally[TXDropBadHeader]++
 			if t.drops.Next() {
 				t.drops.Emit("runt TX frame", fmt.Errorf("chain of %d bytes holds no frame behind a %d-byte header", f.chain.ReadLen, hdrLen))
 			}
@@ -127,7 +122,7 @@ func (t *txState) process() bool {
 		}
 		gather(f.hdr[:hdrLen], f.chain.Readable)
 		if err := qp.validateTX(&t.h, f.hdr[:hdrLen], frameLen); err != nil {
-			t.tally.badHdr++
+			t.tally[TXDropBadHeader]++
 			t.drops.Drop("bad TX header", err)
 			t.skip(f)
 			continue
@@ -143,21 +138,12 @@ func (t *txState) process() bool {
 	}
 	t.flush()
 	if pushed > 0 {
-		qp.publish(t.q, qp.cfg.TXCall, &qp.ctr.TXInterrupts, "TX")
+		qp.publish(t.q, qp.cfg.TXCall, TXInterrupts, "TX")
 	}
-	c, n := qp.ctr, &t.tally
-	if n.packets > 0 {
-		c.TXPackets.Add(n.packets)
-		c.TXBytes.Add(n.bytes)
-		c.TXBatches.Add(1)
+	if t.tally[TXPackets] > 0 {
+		t.tally[TXBatches] = 1
 	}
-	add(&c.TXDropBadHeader, n.badHdr)
-	add(&c.TXDropBadDescriptor, n.badDesc)
-	add(&c.TXDropKernel, n.kernel)
-	add(&c.TXSoftCsum, n.softCsum)
-	add(&c.TXSoftGSO, n.softGSO)
-	add(&c.TXSoftSegments, n.softSegs)
-	add(&c.TXDropSoftware, n.softDrop)
+	qp.ctr.addTally(&t.tally)
 	return pushed > 0
 }
 
@@ -219,10 +205,10 @@ func (t *txState) flush() {
 		f := &frames[i]
 		if f.write {
 			if f.res >= 0 {
-				t.tally.packets++
-				t.tally.bytes += uint64(f.len)
+				t.tally[TXPackets]++
+				t.tally[TXBytes] += uint64(f.len)
 			} else {
-				t.tally.kernel++
+				t.tally[TXDropKernel]++
 				t.drops.Drop("TAP refused TX frame", unix.Errno(-f.res))
 			}
 		}
@@ -296,25 +282,25 @@ func (t *txState) writeSoft(f *txFrame, fb offload.Fallback, frameLen int) {
 	switch fb {
 	case offload.FallbackCsum:
 		if err = t.writeCsum(&f.chain, frameLen); err == nil {
-			t.tally.softCsum++
+			t.tally[TXSoftCsum]++
 		}
 	case offload.FallbackSegment:
 		var n int
 		n, err = t.writeSegments(&f.chain, frameLen)
-		t.tally.softSegs += uint64(n)
+		t.tally[TXSoftSegments] += uint64(n)
 		if err == nil {
-			t.tally.softGSO++
+			t.tally[TXSoftGSO]++
 		}
 	}
 	switch {
 	case err == nil:
-		t.tally.packets++
-		t.tally.bytes += uint64(frameLen)
+		t.tally[TXPackets]++
+		t.tally[TXBytes] += uint64(frameLen)
 	case isErrno(err):
-		t.tally.kernel++
+		t.tally[TXDropKernel]++
 		t.drops.Drop("TAP refused TX frame", err)
 	default:
-		t.tally.softDrop++
+		t.tally[TXDropSoftware]++
 		t.drops.Drop("TX software offload failed", err)
 	}
 	t.push(&f.chain, 0)
@@ -330,7 +316,7 @@ func (t *txState) push(c *virtio.Chain, written uint32) {
 func (t *txState) breakRing(err error) {
 	t.broken = true
 	t.pending = false
-	t.qp.ctr.BrokenRings.Add(1)
+	t.qp.ctr.Add(BrokenRings, 1)
 	t.qp.log.Error("TX ring unusable until the device is reset", "error", err)
 }
 

@@ -113,10 +113,10 @@ func TestRingWraparound(t *testing.T) {
 			}
 			// The worker adds a batch to its counters after it returned the
 			// batch to the guest: wait for the last one each way.
-			waitFor(t, func() bool { return r.qp.Counters().TXPackets.Load() == frames }, "tx_packets")
-			waitFor(t, func() bool { return r.qp.Counters().RXPackets.Load() == frames }, "rx_packets")
+			waitFor(t, func() bool { return r.qp.Counters().Load(TXPackets) == frames }, "tx_packets")
+			waitFor(t, func() bool { return r.qp.Counters().Load(RXPackets) == frames }, "rx_packets")
 			s := r.qp.Counters().Snapshot()
-			if s.RXPackets != frames || s.BrokenRings+s.TXDropBadDescriptor+s.RXDropBadDescriptor != 0 {
+			if s[RXPackets] != frames || s[BrokenRings]+s[TXDropBadDescriptor]+s[RXDropBadDescriptor] != 0 {
 				t.Errorf("counters %s: want %d frames each way and no errors", s, frames)
 			}
 			if !tc.packed {
