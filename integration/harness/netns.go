@@ -3,65 +3,21 @@ package harness
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/vmnet-dev/vmnet/internal/netns"
 )
 
 // NewNetNS creates the network namespace name with its loopback up and
-// returns the function that deletes it, and everything left in it.
-//
-// Every namespace vmnet's tests and demo make comes from here, through
-// ip netns add, whose first call on a machine turns /run/netns into a
-// mount point by bind-mounting it on itself. Two first calls at once (test
-// packages run in parallel on a fresh machine) stack two such mounts, and
-// a namespace mounted under the lower one can never be deleted again
-// (EBUSY). A lock file held across processes makes the calls take turns.
+// returns the function that deletes it, and everything left in it. It is
+// internal/netns.Add, which makes every namespace vmnet's tests and demo
+// use, one ip netns add at a time across processes (see there why).
 func NewNetNS(ctx context.Context, name string) (del func() error, err error) {
-	if err := withNetNSLock(func() error {
-		_, err := Run(ctx, "", "ip", "netns", "add", name)
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	del = func() error {
-		_, err := Run(context.Background(), "", "ip", "netns", "del", name)
-		return err
-	}
-	if _, err := Run(ctx, name, "ip", "link", "set", "lo", "up"); err != nil {
-		del()
-		return nil, err
-	}
-	return del, nil
-}
-
-// netnsLock is the lock file NewNetNS holds around ip netns add.
-const netnsLock = "/run/vmnet-netns.lock"
-
-// withNetNSLock runs fn holding netnsLock (flock), which every process of
-// vmnet's tests takes before it makes a namespace.
-func withNetNSLock(fn func() error) error {
-	f, err := os.OpenFile(netnsLock, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("open lock for ip netns add: %w", err)
-	}
-	defer f.Close()
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", netnsLock, err)
-	}
-	// Closing the file releases the lock.
-	return fn()
+	return netns.Add(ctx, name)
 }
 
 // Run runs a command in network namespace ns ("" for this one) and returns

@@ -17,9 +17,10 @@ import (
 	"time"
 
 	cebpf "github.com/cilium/ebpf"
-	"github.com/vishvananda/netns"
-	"github.com/vmnet-dev/vmnet/integration/harness"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/internal/netns"
 )
 
 // InCI reports whether the tests run under CI (CI=true), where a skip for
@@ -63,13 +64,13 @@ var nsSeq atomic.Uint64
 // NetNS creates a fresh named network namespace for the test, with its
 // loopback up, and removes it when the test ends. The caller's threads
 // stay where they are; pass the name to Options.NetNS or run commands in
-// it with Exec. It is harness.NewNetNS, the one way vmnet's tests and demo
-// make namespaces (see there why).
+// it with Exec. It is netns.Add, the one way vmnet's tests and demo make
+// namespaces (see there why).
 func NetNS(t testing.TB) string {
 	t.Helper()
 	RequireRoot(t)
 	name := fmt.Sprintf("vmnet-test-%d-%d", os.Getpid(), nsSeq.Add(1))
-	del, err := harness.NewNetNS(context.Background(), name)
+	del, err := netns.Add(context.Background(), name)
 	if err != nil {
 		t.Fatalf("create network namespace %s: %v", name, err)
 	}
@@ -155,24 +156,24 @@ func Sleep(ms int) { time.Sleep(time.Duration(ms) * time.Millisecond) }
 // there stay in it), failing the test on error.
 func InNetNS(t testing.TB, ns string, fn func() error) {
 	t.Helper()
-	h, err := netns.GetFromName(ns)
+	h, err := vnetns.GetFromName(ns)
 	if err != nil {
 		t.Fatalf("open network namespace %s: %v", ns, err)
 	}
 	defer h.Close()
 	runtime.LockOSThread()
-	orig, err := netns.Get()
+	orig, err := vnetns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
 		t.Fatalf("read current network namespace: %v", err)
 	}
 	defer orig.Close()
-	if err := netns.Set(h); err != nil {
+	if err := vnetns.Set(h); err != nil {
 		runtime.UnlockOSThread()
 		t.Fatalf("enter network namespace %s: %v", ns, err)
 	}
 	ferr := fn()
-	if err := netns.Set(orig); err != nil {
+	if err := vnetns.Set(orig); err != nil {
 		// Left locked: the runtime retires the thread with the goroutine.
 		t.Fatalf("return from network namespace %s: %v", ns, err)
 	}
