@@ -14,6 +14,8 @@
 // instance and one io_uring (its TAP reads and writes go in batches, one
 // system call each) per running queue pair, and nothing else: the queues,
 // eventfds and TAP file stay the caller's. It never logs per packet; it
-// counts. A fault on guest memory (a front-end that shrank its file)
-// stops that queue pair, not the process.
+// counts, into counters declared once in a table (Counter, built on
+// internal/stats) from which their printout, JSON and metrics derive. A
+// fault on guest memory (a front-end that shrank its file) stops that
+// queue pair, not the process.
 package engine
