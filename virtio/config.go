@@ -98,9 +98,39 @@ type MAC [6]byte
 
 func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
 
-// unicast reports whether m can be a station's own address: not multicast
-// (the I/G bit) and not all zeros.
-func (m MAC) unicast() bool { return m[0]&1 == 0 && m != MAC{} }
+// CheckUnicastMAC refuses an address no station can own as its own: not
+// six bytes, the I/G (group) bit of the first octet set, or all zeros
+// (Linux is_valid_ether_addr). The config space mac (virtio 1.2 §5.1.4) and
+// the address of VIRTIO_NET_CTRL_MAC_ADDR_SET (§5.1.6.5.2) are such an
+// address.
+func CheckUnicastMAC(mac net.HardwareAddr) error {
+	if len(mac) != len(MAC{}) {
+		return fmt.Errorf("mac %s has %d bytes, want %d", mac, len(mac), len(MAC{}))
+	}
+	if mac[0]&1 != 0 || MAC(mac) == (MAC{}) {
+		return fmt.Errorf("mac %s is not a unicast station address", mac)
+	}
+	return nil
+}
+
+// MinMTU and MaxMTU bound the mtu field of the config space: virtio 1.2
+// §5.1.4.1 has the device set it between 68 and 65535 inclusive when it
+// offers VIRTIO_NET_F_MTU (Linux virtio_net MIN_MTU and MAX_MTU, that is
+// ETH_MIN_MTU and ETH_MAX_MTU). A device whose TAP allows less checks the
+// TAP's bounds as well (tap.CheckMTU).
+const (
+	MinMTU = 68
+	MaxMTU = 65535
+)
+
+// CheckMTU refuses an mtu the config space cannot offer: outside MinMTU to
+// MaxMTU (virtio 1.2 §5.1.4.1).
+func CheckMTU(mtu int) error {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return fmt.Errorf("mtu %d, want %d to %d", mtu, MinMTU, MaxMTU)
+	}
+	return nil
+}
 
 // NetConfig is the device-specific configuration space of a network device,
 // struct virtio_net_config.
@@ -204,8 +234,8 @@ var ErrBadConfig = errors.New("invalid net config")
 // with a random one.
 func (c *NetConfig) Validate(offered Features) error {
 	if offered.Has(NetFMAC) {
-		if !c.MAC.unicast() {
-			return fmt.Errorf("mac %s is not a unicast station address: %w", c.MAC, ErrBadConfig)
+		if err := CheckUnicastMAC(c.MAC[:]); err != nil {
+			return fmt.Errorf("%w: %w", err, ErrBadConfig)
 		}
 	}
 	if offered.Has(NetFStatus) {
@@ -218,8 +248,10 @@ func (c *NetConfig) Validate(offered Features) error {
 			return fmt.Errorf("max_virtqueue_pairs %d, want %d to %#x: %w", p, ctrlMQPairsMin, ctrlMQPairsMax, ErrBadConfig)
 		}
 	}
-	if offered.Has(NetFMTU) && c.MTU < 68 {
-		return fmt.Errorf("mtu %d, want at least 68: %w", c.MTU, ErrBadConfig)
+	if offered.Has(NetFMTU) {
+		if err := CheckMTU(int(c.MTU)); err != nil {
+			return fmt.Errorf("%w: %w", err, ErrBadConfig)
+		}
 	}
 	if offered.Has(NetFSpeedDuplex) {
 		if c.Speed > 0x7fffffff && c.Speed != SpeedUnknown {

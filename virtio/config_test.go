@@ -187,7 +187,7 @@ func TestNetConfigValidate(t *testing.T) {
 		{"most pairs", NetFCtrlVQ | NetFMQ, func(c *NetConfig) { c.MaxVirtqueuePairs = 0x8000 }, ""},
 		{"zero pairs without mq", NetFStatus, func(c *NetConfig) { c.MaxVirtqueuePairs = 0 }, ""},
 		{"small mtu", NetFMTU, func(c *NetConfig) { c.MTU = 67 },
-			"mtu 67, want at least 68: invalid net config"},
+			"mtu 67, want 68 to 65535: invalid net config"},
 		{"smallest mtu", NetFMTU, func(c *NetConfig) { c.MTU = 68 }, ""},
 		{"speed out of range", NetFSpeedDuplex, func(c *NetConfig) { c.Speed = 0x80000000 },
 			"speed 0x80000000, want at most 0x7fffffff or 0xffffffff for unknown: invalid net config"},

@@ -323,8 +323,8 @@ func (c *CtrlCommand) parseMACAddr(d []byte) error {
 		return err
 	}
 	c.MAC = MAC(d)
-	if !c.MAC.unicast() {
-		return fmt.Errorf("mac %s is not a unicast station address: %w", c.MAC, ErrCtrlValue)
+	if err := CheckUnicastMAC(c.MAC[:]); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrCtrlValue)
 	}
 	return nil
 }

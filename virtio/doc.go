@@ -10,7 +10,10 @@
 //   - control-queue commands and their acks (ctrl.go),
 //   - the guest memory map (memory.go),
 //   - the device side of split and packed virtqueues (queue.go, split.go,
-//     packed.go).
+//     packed.go),
+//   - the spec's limits, for every other package to check against rather
+//     than restate: CheckMTU, CheckUnicastMAC, CheckHdrLen, CheckQueueSize
+//     and RingAreas.
 //
 // It never opens, reads or writes a file descriptor, makes a system call,
 // starts a goroutine or logs. Notifications (kicks and calls) are the

@@ -17,6 +17,21 @@ const (
 	HdrLenHash   = 20
 )
 
+// CheckHdrLen refuses a header size that is none of HdrLenLegacy, HdrLenV1
+// and HdrLenHash: the three layouts of virtio 1.2 §5.1.6. TUNSETVNETHDRSZ
+// would take any size from 10 up (tun.c), but a guest negotiates one of
+// these (HdrLenFor), and the TAP's size must equal the guest's.
+func CheckHdrLen(n int) error {
+	if n == HdrLenLegacy || n == HdrLenV1 || n == HdrLenHash {
+		return nil
+	}
+	return hdrLenError(n) // apart, so that the check inlines in DecodeNetHdr
+}
+
+func hdrLenError(n int) error {
+	return fmt.Errorf("net header of %d bytes, want %d, %d or %d: %w", n, HdrLenLegacy, HdrLenV1, HdrLenHash, ErrHdrSize)
+}
+
 // HdrLenFor returns the header size a negotiated feature set implies: the
 // legacy driver only sent num_buffers with MRG_RXBUF (virtio 1.2 §5.1.6.1),
 // and the hash fields exist only with HASH_REPORT.
@@ -206,16 +221,12 @@ var (
 )
 
 func checkHdr(n, size int, e Endian) error {
-	switch size {
-	case HdrLenLegacy, HdrLenV1:
-	case HdrLenHash:
-		// The hash header exists only with VERSION_1, which is little-endian.
-		if e == BigEndian {
-			return fmt.Errorf("net header of %d bytes in big-endian: no such layout: %w", size, ErrHdrSize)
-		}
-	default:
-		return fmt.Errorf("net header of %d bytes, want %d, %d or %d: %w",
-			size, HdrLenLegacy, HdrLenV1, HdrLenHash, ErrHdrSize)
+	if err := CheckHdrLen(size); err != nil {
+		return err
+	}
+	// The hash header exists only with VERSION_1, which is little-endian.
+	if size == HdrLenHash && e == BigEndian {
+		return fmt.Errorf("net header of %d bytes in big-endian: no such layout: %w", size, ErrHdrSize)
 	}
 	if n < size {
 		return fmt.Errorf("net header of %d bytes in a buffer of %d: %w", size, n, ErrShortBuffer)

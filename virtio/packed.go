@@ -66,8 +66,8 @@ type PackedQueue struct {
 // memory. It reads and writes nothing in guest memory.
 func NewPackedQueue(mem *Memory, cfg PackedConfig) (*PackedQueue, error) {
 	n := uint64(cfg.Size)
-	if n == 0 || n > MaxQueueSize {
-		return nil, fmt.Errorf("create packed queue: size %d not in [1, %d]", n, MaxQueueSize)
+	if err := CheckQueueSize(uint32(cfg.Size), true); err != nil {
+		return nil, fmt.Errorf("create packed queue: %w", err)
 	}
 	for _, x := range []struct {
 		what string
@@ -89,15 +89,16 @@ func NewPackedQueue(mem *Memory, cfg PackedConfig) (*PackedQueue, error) {
 		return nil, fmt.Errorf("create packed queue: next avail %#x is more than size %d past next used %#x",
 			cfg.NextAvail, n, cfg.NextUsed)
 	}
+	areas := RingAreas(cfg.Size, true, cfg.EventIdx)
 	var err error
-	if q.desc, err = ringPart(mem, "descriptor ring", cfg.DescAddr, 16*n, 16, 4); err != nil {
+	if q.desc, err = ringPart(mem, areas[0], cfg.DescAddr, 4); err != nil {
 		return nil, fmt.Errorf("create packed queue: %w", err)
 	}
-	drv, err := ringPart(mem, "driver event suppression", cfg.DriverAddr, 4, 4, 4)
+	drv, err := ringPart(mem, areas[1], cfg.DriverAddr, 4)
 	if err != nil {
 		return nil, fmt.Errorf("create packed queue: %w", err)
 	}
-	dev, err := ringPart(mem, "device event suppression", cfg.DeviceAddr, 4, 4, 4)
+	dev, err := ringPart(mem, areas[2], cfg.DeviceAddr, 4)
 	if err != nil {
 		return nil, fmt.Errorf("create packed queue: %w", err)
 	}

@@ -38,6 +38,61 @@ const descSize = 16
 // §2.8: 2^15 entries).
 const MaxQueueSize = 32768
 
+// CheckQueueSize refuses a queue size the layout cannot have: 0 or more
+// than MaxQueueSize, or for a split ring one that is not a power of two
+// (virtio 1.2 §2.7 "Queue Size"; a packed ring's need not be, §2.8).
+func CheckQueueSize(size uint32, packed bool) error {
+	switch {
+	case packed && (size == 0 || size > MaxQueueSize):
+		return fmt.Errorf("size %d not in [1, %d]", size, MaxQueueSize)
+	case !packed && (size == 0 || size > MaxQueueSize || size&(size-1) != 0):
+		return fmt.Errorf("size %d is not a power of two in [1, %d]", size, MaxQueueSize)
+	}
+	return nil
+}
+
+// RingArea is one of the three parts of a virtqueue in guest memory: its
+// size and the alignment of its guest physical address.
+type RingArea struct {
+	Name  string
+	Len   uint64 // bytes
+	Align uint64
+}
+
+// RingAreas returns the parts of a ring of size descriptors, in the order
+// of SplitConfig (descriptor table, available ring, used ring: virtio 1.2
+// §2.7 "Virtqueue Part Alignment Size", the used_event and avail_event
+// words only with VIRTIO_F_EVENT_IDX) or PackedConfig (descriptor ring,
+// driver and device event suppression: §2.8.10, §2.8.10.1).
+func RingAreas(size uint16, packed, eventIdx bool) [3]RingArea {
+	n := uint64(size)
+	if packed {
+		return [3]RingArea{
+			{"descriptor ring", descSize * n, 16},
+			{"driver event suppression", 4, 4},
+			{"device event suppression", 4, 4},
+		}
+	}
+	var event uint64
+	if eventIdx {
+		event = 2
+	}
+	return [3]RingArea{
+		{"descriptor table", descSize * n, 16},
+		{"avail ring", 4 + 2*n + event, 2},
+		{"used ring", 4 + 8*n + event, 4},
+	}
+}
+
+// CheckAlign refuses the area at guest physical address gpa if gpa is not
+// a multiple of a.Align.
+func (a RingArea) CheckAlign(gpa uint64) error {
+	if gpa%a.Align != 0 {
+		return fmt.Errorf("place %s at guest %#x: not %d-byte aligned", a.Name, gpa, a.Align)
+	}
+	return nil
+}
+
 // Queue is the device side of a virtqueue, split or packed.
 type Queue interface {
 	// Size is the number of descriptors in the ring.

@@ -62,27 +62,24 @@ type SplitQueue struct {
 // the used idx, when cfg.NextUsed is 0.
 func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 	n := uint64(cfg.Size)
-	if n == 0 || n > MaxQueueSize || n&(n-1) != 0 {
-		return nil, fmt.Errorf("create split queue: size %d is not a power of two in [1, %d]", n, MaxQueueSize)
-	}
-	event := uint64(0)
-	if cfg.EventIdx {
-		event = 2
+	if err := CheckQueueSize(uint32(cfg.Size), false); err != nil {
+		return nil, fmt.Errorf("create split queue: %w", err)
 	}
 	q := &SplitQueue{
 		mem: mem, size: cfg.Size, mask: cfg.Size - 1, eventIdx: cfg.EventIdx,
 		lastAvail: cfg.NextAvail, availShadow: cfg.NextAvail,
 		nextUsed: cfg.NextUsed, pubUsed: cfg.NextUsed, signalled: cfg.NextUsed,
 	}
+	areas := RingAreas(cfg.Size, false, cfg.EventIdx)
 	var err error
-	if q.desc, err = ringPart(mem, "descriptor table", cfg.DescAddr, 16*n, 16, 1); err != nil {
+	if q.desc, err = ringPart(mem, areas[0], cfg.DescAddr, 1); err != nil {
 		return nil, fmt.Errorf("create split queue: %w", err)
 	}
-	avail, err := ringPart(mem, "avail ring", cfg.AvailAddr, 4+2*n+event, 2, 2)
+	avail, err := ringPart(mem, areas[1], cfg.AvailAddr, 2)
 	if err != nil {
 		return nil, fmt.Errorf("create split queue: %w", err)
 	}
-	used, err := ringPart(mem, "used ring", cfg.UsedAddr, 4+8*n+event, 4, 4)
+	used, err := ringPart(mem, areas[2], cfg.UsedAddr, 4)
 	if err != nil {
 		return nil, fmt.Errorf("create split queue: %w", err)
 	}
@@ -121,16 +118,16 @@ func NewSplitQueue(mem *Memory, cfg SplitConfig) (*SplitQueue, error) {
 // ringPart returns the n bytes of a ring part at gpa, checking its guest
 // alignment (virtio 1.2 §2.7, §2.8.10.1) and its host alignment, which the
 // atomics on its shared words need.
-func ringPart(mem *Memory, what string, gpa, n, align uint64, hostAlign uintptr) ([]byte, error) {
-	if gpa%align != 0 {
-		return nil, fmt.Errorf("place %s at guest %#x: not %d-byte aligned", what, gpa, align)
+func ringPart(mem *Memory, a RingArea, gpa uint64, hostAlign uintptr) ([]byte, error) {
+	if err := a.CheckAlign(gpa); err != nil {
+		return nil, err
 	}
-	b, err := mem.Slice(gpa, n)
+	b, err := mem.Slice(gpa, a.Len)
 	if err != nil {
-		return nil, fmt.Errorf("place %s: %w", what, err)
+		return nil, fmt.Errorf("place %s: %w", a.Name, err)
 	}
 	if !hostAligned(b, 0, hostAlign) {
-		return nil, fmt.Errorf("place %s at guest %#x: host mapping not %d-byte aligned", what, gpa, hostAlign)
+		return nil, fmt.Errorf("place %s at guest %#x: host mapping not %d-byte aligned", a.Name, gpa, hostAlign)
 	}
 	return b, nil
 }
