@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/integration/guest"
 	"github.com/vmnet-dev/vmnet/integration/harness"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
@@ -101,9 +102,9 @@ func TestDPDKVirtioUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent, tapRX := st.Queues[0]["tx_packets"], link.RXPackets
-	t.Logf("testpmd TX-packets=%d (TX-dropped=%d: ring full); helper tx_packets=%d tx_bytes=%d; TAP %s rx_packets=%d rx_bytes=%d",
-		pmd.TXPackets, pmd.TXDropped, sent, st.Queues[0]["tx_bytes"], h.tap, tapRX, link.RXBytes)
+	sent, tapRX := st.Queues[0][engine.TXPackets], link.RXPackets
+	t.Logf("testpmd TX-packets=%d (TX-dropped=%d: ring full); helper %s; TAP %s rx_packets=%d rx_bytes=%d",
+		pmd.TXPackets, pmd.TXDropped, st.Queues[0].Brief(), h.tap, tapRX, link.RXBytes)
 	t.Logf("vhost-user messages from DPDK virtio-user: %s", st.MessageList())
 	for _, l := range strings.Split(h.Stderr(), "\n") {
 		if strings.Contains(l, "features acked") {
@@ -119,8 +120,8 @@ func TestDPDKVirtioUser(t *testing.T) {
 	if sent > pmd.TXPackets || pmd.TXPackets-sent > testpmdQueueSize {
 		t.Errorf("helper sent %d frames, testpmd %d: want at most %d fewer (the ring's size)", sent, pmd.TXPackets, testpmdQueueSize)
 	}
-	if want := tapRX * testpmdFrame; link.RXBytes != want || st.Queues[0]["tx_bytes"] != want {
-		t.Errorf("bytes: helper %d, TAP %d; want %d (%d-byte frames)", st.Queues[0]["tx_bytes"], link.RXBytes, want, testpmdFrame)
+	if want := tapRX * testpmdFrame; link.RXBytes != want || st.Queues[0][engine.TXBytes] != want {
+		t.Errorf("bytes: helper %d, TAP %d; want %d (%d-byte frames)", st.Queues[0][engine.TXBytes], link.RXBytes, want, testpmdFrame)
 	}
 	if n, which := st.Queues[0].Drops(); n != 0 {
 		t.Errorf("helper dropped frames: %s", which)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/integration/guest"
 	"github.com/vmnet-dev/vmnet/integration/harness"
@@ -266,7 +267,7 @@ func TestVhostUserMultiQueue(t *testing.T) {
 			t.Fatalf("ethtool -l eth0 after -L combined 1:\n%s", out)
 		}
 		st0, st1, _ := twoFlows(t)
-		for _, k := range []string{"tx_packets", "rx_packets"} {
+		for _, k := range []engine.Counter{engine.TXPackets, engine.RXPackets} {
 			if d := st1.Queues[0][k] - st0.Queues[0][k]; d == 0 {
 				t.Errorf("queue pair 0 %s: did not grow", k)
 			}
@@ -279,7 +280,7 @@ func TestVhostUserMultiQueue(t *testing.T) {
 		g.run(t, time.Minute, "ethtool -L eth0 combined 2")
 		st0, st1, out := twoFlows(t)
 		for q := range 2 {
-			for _, k := range []string{"tx_packets", "rx_packets"} {
+			for _, k := range []engine.Counter{engine.TXPackets, engine.RXPackets} {
 				if d := st1.Queues[q][k] - st0.Queues[q][k]; d == 0 {
 					t.Errorf("queue pair %d %s: did not grow with a flow on each vCPU", q, k)
 				}
@@ -350,8 +351,8 @@ type totals struct{ tx, txBytes, rx, rxBytes uint64 }
 
 func diffTotals(a, b harness.Stats) totals {
 	return totals{
-		tx: b.Total("tx_packets") - a.Total("tx_packets"), txBytes: b.Total("tx_bytes") - a.Total("tx_bytes"),
-		rx: b.Total("rx_packets") - a.Total("rx_packets"), rxBytes: b.Total("rx_bytes") - a.Total("rx_bytes"),
+		tx: b.Total(engine.TXPackets) - a.Total(engine.TXPackets), txBytes: b.Total(engine.TXBytes) - a.Total(engine.TXBytes),
+		rx: b.Total(engine.RXPackets) - a.Total(engine.RXPackets), rxBytes: b.Total(engine.RXBytes) - a.Total(engine.RXBytes),
 	}
 }
 
@@ -370,7 +371,7 @@ func TestVhostUserReconnect(t *testing.T) {
 		fromGuest, fromHost := g.pingBothWays(t, 3)
 		t.Logf("RTT guest to host %.3f ms, host to guest %.3f ms", fromGuest.Avg, fromHost.Avg)
 		st := g.helper.counters(t)
-		if st.Queues[0]["tx_packets"] == 0 || st.Queues[0]["rx_packets"] == 0 {
+		if st.Queues[0][engine.TXPackets] == 0 || st.Queues[0][engine.RXPackets] == 0 {
 			t.Errorf("counters after pings: %s", st.Queues[0].Brief())
 		}
 	})
@@ -383,7 +384,7 @@ func TestVhostUserReconnect(t *testing.T) {
 		g.run(t, 2*time.Minute, "ping -c 60 -W 1 -w 60 "+hostAddr+" | grep -q 'bytes from'")
 		g.pingBothWays(t, 3)
 		st := g.helper.counters(t)
-		if st.Sessions != 1 || st.Queues[0]["tx_packets"] == 0 || st.Queues[0]["rx_packets"] == 0 {
+		if st.Sessions != 1 || st.Queues[0][engine.TXPackets] == 0 || st.Queues[0][engine.RXPackets] == 0 {
 			t.Errorf("new helper: got %d sessions, %s; want 1 session that moved frames both ways", st.Sessions, st.Queues[0].Brief())
 		}
 		t.Logf("vhost-user messages from QEMU after reconnecting: %s", st.MessageList())
@@ -412,9 +413,9 @@ func TestVhostUserReconnect(t *testing.T) {
 		// second must have carried the rest.
 		after := g.helper.counters(t)
 		t.Logf("iperf3 across the restart: %s; first helper %d bytes to the TAP, second %d",
-			r, before.Total("tx_bytes"), after.Total("tx_bytes"))
-		if after.Total("tx_bytes") < r.RecvBytes/10 {
-			t.Errorf("second helper carried %d bytes of iperf3's %d: the flow did not resume", after.Total("tx_bytes"), r.RecvBytes)
+			r, before.Total(engine.TXBytes), after.Total(engine.TXBytes))
+		if after.Total(engine.TXBytes) < r.RecvBytes/10 {
+			t.Errorf("second helper carried %d bytes of iperf3's %d: the flow did not resume", after.Total(engine.TXBytes), r.RecvBytes)
 		}
 		g.checkNoDrops(t, after)
 	})

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/integration/guest"
 	"github.com/vmnet-dev/vmnet/integration/harness"
@@ -295,7 +296,7 @@ func report(w io.Writer, r results) {
 	fmt.Fprintf(tw, "queue pair\tpackets guest -> TAP\tpackets TAP -> guest\tdrops\n")
 	for i, q := range r.stats.Queues {
 		drops, _ := q.Drops()
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\n", i, q["tx_packets"], q["rx_packets"], drops)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\n", i, q[engine.TXPackets], q[engine.RXPackets], drops)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nvhost-user messages from QEMU: %s\n", r.stats.MessageList())

@@ -3,6 +3,8 @@ package harness
 import (
 	"reflect"
 	"testing"
+
+	"github.com/vmnet-dev/vmnet/backend/engine"
 )
 
 func TestParseStats(t *testing.T) {
@@ -26,8 +28,8 @@ vmnet-helper: vhost-user sessions=2 rejected=1 unknown=3 messages: [ADD_MEM_REG=
 `,
 		TAP: "vu0",
 		Queues: []Counters{
-			{"tx_packets": 13, "tx_bytes": 1146, "rx_packets": 10, "rx_bytes": 880, "rx_wait_buffers": 2},
-			{"tx_packets": 0, "rx_packets": 2, "tx_drop_kernel": 5, "broken_rings": 1},
+			{engine.TXPackets: 13, engine.TXBytes: 1146, engine.RXPackets: 10, engine.RXBytes: 880, engine.RXWaitBuffers: 2},
+			{engine.TXPackets: 0, engine.RXPackets: 2, engine.TXDropKernel: 5, engine.BrokenRings: 1},
 		},
 		Sessions: 2, Rejected: 1, Unknown: 3,
 		Messages: map[string]uint64{"ADD_MEM_REG": 2, "GET_FEATURES": 4},
@@ -35,10 +37,13 @@ vmnet-helper: vhost-user sessions=2 rejected=1 unknown=3 messages: [ADD_MEM_REG=
 	if !reflect.DeepEqual(st, want) {
 		t.Fatalf("ParseStats:\ngot  %+v\nwant %+v", st, want)
 	}
-	if n, which := st.Queues[1].Drops(); n != 6 || which != "broken_rings=1 tx_drop_kernel=5" {
-		t.Errorf("Drops: got %d %q, want 6 %q", n, which, "broken_rings=1 tx_drop_kernel=5")
+	if n, which := st.Queues[1].Drops(); n != 6 || which != "tx_drop_kernel=5 broken_rings=1" {
+		t.Errorf("Drops: got %d %q, want 6 %q", n, which, "tx_drop_kernel=5 broken_rings=1")
 	}
-	if got := st.Total("rx_packets"); got != 12 {
+	if got, want := st.Queues[0].Sub(st.Queues[1]).Brief(), "tx_packets=13 tx_bytes=1146 rx_packets=8 rx_bytes=880"; got != want {
+		t.Errorf("Sub and Brief: got %q, want %q", got, want)
+	}
+	if got := st.Total(engine.RXPackets); got != 12 {
 		t.Errorf("Total(rx_packets): got %d, want 12", got)
 	}
 	if got := st.MessageList(); got != "ADD_MEM_REG=2 GET_FEATURES=4" {

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/vmnet-dev/vmnet/backend/engine"
 )
 
 // The lines vmnet-helper prints on SIGUSR1 and on exit (cmd/vmnet-helper
@@ -17,33 +19,35 @@ const (
 	statsEnd   = "vmnet-helper: vhost-user sessions="
 )
 
-// Counters are one queue pair's counters by the helper's names
-// (tx_packets, rx_bytes, ...); a name the helper left out is zero.
-type Counters map[string]uint64
+// Counters are one queue pair's counters, indexed by engine.Counter
+// (c[engine.TXPackets]); one the helper left out is zero.
+type Counters engine.Snapshot
 
 // Sub returns c minus an earlier snapshot, counter by counter.
 func (c Counters) Sub(earlier Counters) Counters {
-	d := Counters{}
-	for k, v := range c {
-		d[k] = v - earlier[k]
+	for k := range c {
+		c[k] -= earlier[k]
 	}
-	return d
+	return c
 }
 
-// Drops is the sum of the counters that say a frame was lost or refused
-// (the *_drop_* family, broken_rings and memory_faults), with their names.
+// Drops is the sum of the counters the engine's table marks as drops
+// (frames lost or refused, broken rings, memory faults), with their names
+// in table order.
 func (c Counters) Drops() (uint64, string) {
 	var n uint64
 	var names []string
-	for k, v := range c {
-		if v != 0 && (strings.Contains(k, "_drop_") || k == "broken_rings" || k == "memory_faults") {
+	for d, v := range engine.Snapshot(c).All() {
+		if d.Drop && v != 0 {
 			n += v
-			names = append(names, fmt.Sprintf("%s=%d", k, v))
+			names = append(names, fmt.Sprintf("%s=%d", d.Name, v))
 		}
 	}
-	sort.Strings(names)
 	return n, strings.Join(names, " ")
 }
+
+// String prints c as the helper does.
+func (c Counters) String() string { return engine.Snapshot(c).String() }
 
 // Stats is one printout of the helper's counters.
 type Stats struct {
@@ -58,11 +62,11 @@ type Stats struct {
 	Messages map[string]uint64
 }
 
-// Total adds a counter over all queue pairs.
-func (s Stats) Total(name string) uint64 {
+// Total adds counter k over all queue pairs.
+func (s Stats) Total(k engine.Counter) uint64 {
 	var n uint64
 	for _, q := range s.Queues {
-		n += q[name]
+		n += q[k]
 	}
 	return n
 }
@@ -111,11 +115,11 @@ func ParseStats(s string) (Stats, error) {
 			return Stats{}, fmt.Errorf("parse helper counters: line %q: got queue %d, want %d (%v)", l, q, i, err)
 		}
 		st.TAP = name
-		c, err := parseKV(kvs)
+		c, err := engine.ParseSnapshot(kvs)
 		if err != nil {
 			return Stats{}, fmt.Errorf("parse helper counters of queue %d: %w", q, err)
 		}
-		st.Queues = append(st.Queues, c)
+		st.Queues = append(st.Queues, Counters(c))
 	}
 	if len(st.Queues) == 0 {
 		return Stats{}, fmt.Errorf("parse helper counters: no queue lines before %q", statsEnd)
@@ -138,8 +142,8 @@ func ParseStats(s string) (Stats, error) {
 }
 
 // parseKV reads space-separated key=value pairs with unsigned values.
-func parseKV(s string) (Counters, error) {
-	c := Counters{}
+func parseKV(s string) (map[string]uint64, error) {
+	c := map[string]uint64{}
 	for _, f := range strings.Fields(s) {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok {
@@ -164,6 +168,12 @@ func Tail(s string, n int) string {
 
 // Brief prints the frame and byte counts of c.
 func (c Counters) Brief() string {
-	return fmt.Sprintf("tx_packets=%d tx_bytes=%d rx_packets=%d rx_bytes=%d",
-		c["tx_packets"], c["tx_bytes"], c["rx_packets"], c["rx_bytes"])
+	var b strings.Builder
+	for _, k := range []engine.Counter{engine.TXPackets, engine.TXBytes, engine.RXPackets, engine.RXBytes} {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", k, c[k])
+	}
+	return b.String()
 }
