@@ -1,11 +1,3 @@
-// Package virtiotest is a virtio driver written in Go, for tests of device
-// code: it lays out a split or packed virtqueue in ordinary memory, posts
-// device-readable and device-writable buffers, kicks and reaps used buffers
-// as Linux's virtio_ring.c does, and checks what the device hands back.
-//
-// A Guest is used by one goroutine; the device under test may run on
-// another. It never panics on what the device does: a device that breaks
-// the protocol makes Err return non-nil.
 package virtiotest
 
 import (
@@ -25,33 +17,24 @@ const (
 	FlagUsed     = 1 << 15
 )
 
-// Options configures a Guest. The zero value is one region at 1 MiB, one
-// descriptor per buffer and 4 KiB of buffer memory per chain.
+// Options configures a Guest alone in its memory: the options of its queue
+// (QueueSpec) and of its memory (MachineOptions) in one, for NewGuest. The
+// zero value is one region at 1 MiB, one descriptor per buffer and 4 KiB
+// of buffer memory per chain.
 type Options struct {
-	EventIdx bool // negotiate VIRTIO_F_EVENT_IDX
-	Indirect bool // post every chain through an indirect table
-	// Segment splits every buffer into descriptors of at most Segment
-	// bytes; 0 posts each buffer as one descriptor.
-	Segment int
-	// SlotSize is the buffer memory of one chain; 0 means 4096.
-	SlotSize int
-	// Regions spreads the buffers over this many guest memory regions,
-	// adjacent in guest address space, with their borders in the middle of
-	// buffers; 0 means 1. It is capped at the queue size.
-	Regions int
-	// GuestBase is the guest physical address of the first region; 0
-	// means 1 MiB. UserBase is its front-end virtual address; 0 means
-	// 0x7f00_0000_0000.
-	GuestBase, UserBase uint64
-	// AvailAlign2 places the split avail ring at an address that is 2
-	// modulo 4, which virtio 1.2 §2.7 allows.
+	// Options of the queue, as in QueueSpec.
+	EventIdx    bool
+	Indirect    bool
+	Segment     int
+	SlotSize    int
 	AvailAlign2 bool
-	// StartIdx starts the split ring's avail and used indices there, as a
-	// resumed ring would, to reach 16-bit wraparound quickly.
-	StartIdx uint16
-	// Alloc returns the guest's memory, n bytes, zeroed: a mapping of a
-	// file, say, that a test can then take away. nil means Go memory.
-	Alloc func(n int) ([]byte, error)
+	StartIdx    uint16
+
+	// Options of the memory, as in MachineOptions. Regions is capped at
+	// the queue size.
+	Regions             int
+	GuestBase, UserBase uint64
+	Alloc               func(n int) ([]byte, error)
 }
 
 // Used is one used buffer reaped from the ring.
@@ -85,11 +68,12 @@ type chain struct {
 	capacity uint32 // bytes in writable
 }
 
-// Guest is the driver side of one virtqueue and the guest memory around it.
+// Guest is the driver side of one virtqueue, in memory of its own
+// (NewGuest) or of a Machine's.
 type Guest struct {
 	size   uint16
 	packed bool
-	opts   Options
+	spec   QueueSpec
 	mem    *virtio.Memory
 	buf    []byte // all guest memory; buf[0] is at guest address base
 	base   uint64
@@ -115,35 +99,38 @@ type Guest struct {
 }
 
 // NewGuest lays out a virtqueue of size descriptors, split or packed, with
-// memory for its buffers. For a split ring size must be a power of two.
+// memory for its buffers, alone in a guest memory. For a split ring size
+// must be a power of two.
 func NewGuest(size uint16, packed bool, opts Options) (*Guest, error) {
-	if size == 0 || size > virtio.MaxQueueSize || !packed && size&(size-1) != 0 {
-		return nil, fmt.Errorf("create guest: bad queue size %d", size)
+	spec := QueueSpec{
+		Size: size, Packed: packed, EventIdx: opts.EventIdx, Indirect: opts.Indirect, Segment: opts.Segment,
+		SlotSize: opts.SlotSize, AvailAlign2: opts.AvailAlign2, StartIdx: opts.StartIdx,
 	}
-	if opts.SlotSize == 0 {
-		opts.SlotSize = 4096
+	if err := spec.check(); err != nil {
+		return nil, fmt.Errorf("create guest: %w", err)
 	}
-	if opts.GuestBase == 0 {
-		opts.GuestBase = 1 << 20
+	mopts := MachineOptions{Regions: opts.Regions, GuestBase: opts.GuestBase, UserBase: opts.UserBase, Alloc: opts.Alloc}
+	m, err := newMachine(mopts, []QueueSpec{spec})
+	if err != nil {
+		return nil, fmt.Errorf("create guest: %w", err)
 	}
-	if opts.UserBase == 0 {
-		opts.UserBase = 0x7f00_0000_0000
-	}
-	if opts.Regions <= 0 {
-		opts.Regions = 1
-	}
-	opts.Regions = min(opts.Regions, int(size))
-	g := &Guest{size: size, packed: packed, opts: opts, base: opts.GuestBase, availWrap: 1, usedWrap: 1}
-	n := uint64(size)
-	var off uint64
-	if packed {
-		off = align(16*n+16, 64)
+	return m.queues[0], nil
+}
+
+// place lays the queue out from start, an offset in its memory that is 64
+// bytes aligned, and returns the offset where it ends.
+func (g *Guest) place(start uint64) uint64 {
+	n := uint64(g.size)
+	g.descOff = start
+	off := start
+	if g.packed {
+		off = align(off+16*n+16, 64)
 		g.driverOff, g.deviceOff = off, off+64
 		off += 128
 	} else {
 		// Padding around every 16-bit field (see ring_unsafe.go).
-		off = 16*n + 4
-		if opts.AvailAlign2 {
+		off += 16*n + 4
+		if g.spec.AvailAlign2 {
 			off += 2
 		}
 		g.availOff = off
@@ -152,61 +139,37 @@ func NewGuest(size uint16, packed bool, opts Options) (*Guest, error) {
 		off += 4 + 8*n + 2 + 6
 	}
 	off = align(off, 64)
-	if opts.Indirect {
+	if g.spec.Indirect {
 		g.tableOff, g.tableSize = off, 16*n
 		off += n * g.tableSize
 	}
 	g.scratchNext, g.scratchEnd = off, off+scratchSize
 	off = align(g.scratchEnd, 64)
-	g.slotOff, g.slotSize = off, uint64(opts.SlotSize)
-	off += n * g.slotSize
-	if opts.Alloc != nil {
-		b, err := opts.Alloc(int(off))
-		if err != nil {
-			return nil, fmt.Errorf("create guest: allocate %d bytes: %w", off, err)
-		}
-		if uint64(len(b)) < off {
-			return nil, fmt.Errorf("create guest: allocated %d bytes, want %d", len(b), off)
-		}
-		g.buf = b[:off]
-	} else {
-		g.buf = make([]byte, off)
-	}
+	g.slotOff, g.slotSize = off, uint64(g.spec.SlotSize)
+	return off + n*g.slotSize
+}
 
-	borders := []uint64{0}
-	for k := 1; k < opts.Regions; k++ {
-		borders = append(borders, g.slotOff+uint64(k)*n/uint64(opts.Regions)*g.slotSize+g.slotSize/2)
-	}
-	borders = append(borders, off)
-	var regions []virtio.Region
-	for k := 0; k+1 < len(borders); k++ {
-		a, b := borders[k], borders[k+1]
-		regions = append(regions, virtio.Region{
-			GuestAddr: g.base + a, UserAddr: opts.UserBase + a, Host: g.buf[a:b:b],
-		})
-	}
-	var err error
-	if g.mem, err = virtio.NewMemory(regions); err != nil {
-		return nil, fmt.Errorf("create guest: %w", err)
-	}
-
-	g.chains = make([]chain, size)
-	for i := int(size) - 1; i >= 0; i-- {
+// start readies the placed queue in buf, mapped by mem, for its first
+// chain.
+func (g *Guest) start(buf []byte, mem *virtio.Memory) {
+	g.buf, g.mem = buf, mem
+	g.chains = make([]chain, g.size)
+	for i := int(g.size) - 1; i >= 0; i-- {
 		g.freeDesc = append(g.freeDesc, uint16(i))
 		g.freeIDs = append(g.freeIDs, uint16(i))
 	}
-	g.freeRing = int(size)
-	if !packed {
-		g.availIdx, g.lastUsed = opts.StartIdx, opts.StartIdx
-		store16(g.buf, g.availOff+2, opts.StartIdx)
-		store16(g.buf, g.usedOff+2, opts.StartIdx)
+	g.freeRing = int(g.size)
+	if !g.packed {
+		g.availIdx, g.lastUsed = g.spec.StartIdx, g.spec.StartIdx
+		store16(g.buf, g.availOff+2, g.spec.StartIdx)
+		store16(g.buf, g.usedOff+2, g.spec.StartIdx)
 	}
-	return g, nil
 }
 
 func align(x, a uint64) uint64 { return (x + a - 1) &^ (a - 1) }
 
-// Memory returns the guest memory, for the device.
+// Memory returns the guest memory, for the device: the Machine's, for a
+// queue of a Machine.
 func (g *Guest) Memory() *virtio.Memory { return g.mem }
 
 // Size returns the queue size.
@@ -215,19 +178,45 @@ func (g *Guest) Size() uint16 { return g.size }
 // Packed reports whether the ring is packed.
 func (g *Guest) Packed() bool { return g.packed }
 
+// Areas is where a virtqueue lies in guest memory and in which format, in
+// the terms of virtio-pci's common configuration (virtio 1.2 §4.1.4.3:
+// queue_size, queue_desc, queue_driver, queue_device) and of the features
+// a driver acknowledges. The addresses are guest physical.
+type Areas struct {
+	Size     uint16
+	Desc     uint64 // descriptor area: split descriptor table, packed descriptor ring
+	Driver   uint64 // driver area: split available ring, packed driver event suppression
+	Device   uint64 // device area: split used ring, packed device event suppression
+	Packed   bool   // VIRTIO_F_RING_PACKED
+	EventIdx bool   // VIRTIO_F_EVENT_IDX
+}
+
+// Areas returns where the ring lies and its format.
+func (g *Guest) Areas() Areas {
+	a := Areas{Size: g.size, Desc: g.base + g.descOff, Packed: g.packed, EventIdx: g.spec.EventIdx}
+	if g.packed {
+		a.Driver, a.Device = g.base+g.driverOff, g.base+g.deviceOff
+	} else {
+		a.Driver, a.Device = g.base+g.availOff, g.base+g.usedOff
+	}
+	return a
+}
+
 // SplitConfig returns the configuration of a split ring for the device.
 func (g *Guest) SplitConfig() virtio.SplitConfig {
+	a := g.Areas()
 	return virtio.SplitConfig{
-		Size: g.size, DescAddr: g.base + g.descOff, AvailAddr: g.base + g.availOff, UsedAddr: g.base + g.usedOff,
-		EventIdx: g.opts.EventIdx, NextAvail: g.opts.StartIdx, NextUsed: g.opts.StartIdx,
+		Size: a.Size, DescAddr: a.Desc, AvailAddr: a.Driver, UsedAddr: a.Device,
+		EventIdx: a.EventIdx, NextAvail: g.spec.StartIdx, NextUsed: g.spec.StartIdx,
 	}
 }
 
 // PackedConfig returns the configuration of a packed ring for the device.
 func (g *Guest) PackedConfig() virtio.PackedConfig {
+	a := g.Areas()
 	return virtio.PackedConfig{
-		Size: g.size, DescAddr: g.base + g.descOff, DriverAddr: g.base + g.driverOff, DeviceAddr: g.base + g.deviceOff,
-		EventIdx: g.opts.EventIdx, NextAvail: virtio.PackedWrap, NextUsed: virtio.PackedWrap,
+		Size: a.Size, DescAddr: a.Desc, DriverAddr: a.Driver, DeviceAddr: a.Device,
+		EventIdx: a.EventIdx, NextAvail: virtio.PackedWrap, NextUsed: virtio.PackedWrap,
 	}
 }
 
@@ -290,7 +279,7 @@ func (g *Guest) Post(readable [][]byte, writable []int) (uint16, error) {
 		return 0, errors.New("post chain: no buffers")
 	}
 	ring := len(g.list)
-	if g.opts.Indirect {
+	if g.spec.Indirect {
 		if len(g.list) > int(g.size) {
 			return 0, fmt.Errorf("post chain of %d descriptors: more than queue size %d", len(g.list), g.size)
 		}
@@ -360,7 +349,7 @@ func (g *Guest) Post(readable [][]byte, writable []int) (uint16, error) {
 
 // split appends the descriptors of one buffer of n bytes to g.list.
 func (g *Guest) split(n int, flags uint16) {
-	seg := g.opts.Segment
+	seg := g.spec.Segment
 	if seg <= 0 || n <= seg {
 		g.list = append(g.list, Desc{Len: uint32(n), Flags: flags})
 		return
@@ -402,7 +391,7 @@ func putDesc(b []byte, d Desc) {
 }
 
 func (g *Guest) postSplit(descs []uint16) {
-	if g.opts.Indirect {
+	if g.spec.Indirect {
 		g.WriteDesc(descs[0], g.indirectTable(descs[0]))
 	} else {
 		for j, d := range g.list {
@@ -418,7 +407,7 @@ func (g *Guest) postSplit(descs []uint16) {
 
 func (g *Guest) postPacked(id uint16) {
 	list := g.list
-	if g.opts.Indirect {
+	if g.spec.Indirect {
 		list = []Desc{g.indirectTable(id)}
 	}
 	for j := range list {
@@ -518,7 +507,7 @@ func (g *Guest) Kick() bool {
 		case 1:
 			return false
 		case 2:
-			if g.opts.EventIdx && since < uint32(g.size) {
+			if g.spec.EventIdx && since < uint32(g.size) {
 				break
 			}
 			fallthrough
@@ -531,7 +520,7 @@ func (g *Guest) Kick() bool {
 		}
 		return needEvent(event, g.availPos, g.availPos-uint16(since))
 	}
-	if !g.opts.EventIdx {
+	if !g.spec.EventIdx {
 		return load16(g.buf, g.usedOff)&1 == 0
 	}
 	if since > 0xffff {
@@ -546,11 +535,11 @@ func needEvent(event, new, old uint16) bool { return new-event-1 < new-old }
 // buffer on (Linux virtqueue_enable_cb_prepare).
 func (g *Guest) EnableInterrupts() {
 	switch {
-	case g.packed && g.opts.EventIdx:
+	case g.packed && g.spec.EventIdx:
 		g.SetDriverEvent(g.usedPos|g.usedWrap<<15, 2)
 	case g.packed:
 		g.SetDriverEvent(0, 0)
-	case g.opts.EventIdx:
+	case g.spec.EventIdx:
 		g.SetUsedEvent(g.lastUsed)
 	default:
 		store16(g.buf, g.availOff, 0)
@@ -562,7 +551,7 @@ func (g *Guest) DisableInterrupts() {
 	switch {
 	case g.packed:
 		g.SetDriverEvent(0, 1)
-	case g.opts.EventIdx:
+	case g.spec.EventIdx:
 		g.SetUsedEvent(g.lastUsed - 1)
 	default:
 		store16(g.buf, g.availOff, 1)
@@ -685,7 +674,8 @@ func (g *Guest) reap(id uint16, n uint32) (Used, bool) {
 }
 
 // Bytes returns the host view of n bytes of guest memory at gpa, which
-// must lie in the Guest's memory.
+// must lie in the Guest's memory (for a queue of a Machine, anywhere in
+// the Machine's).
 func (g *Guest) Bytes(gpa uint64, n int) []byte {
 	off := gpa - g.base
 	return g.buf[off : off+uint64(n)]
