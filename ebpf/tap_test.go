@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
+	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
 )
 
@@ -86,7 +87,7 @@ func (r *steeringRig) collect() (queue map[int]int, frames map[int][]byte) {
 				continue
 			}
 			idle = false
-			f := buf[tap.VnetHdrV1:n]
+			f := buf[virtio.HdrLenV1:n]
 			if sport, ok := udpTo(f, dstPort); ok {
 				if _, dup := queue[sport-40000]; dup {
 					r.t.Errorf("flow %d: a second datagram", sport-40000)
@@ -127,7 +128,7 @@ func (r *steeringRig) reply(q, i int) {
 	gmac, _ := net.ParseMAC(guestMAC)
 	copy(f[0:6], r.mac)
 	copy(f[6:12], gmac)
-	msg := append(make([]byte, tap.VnetHdrV1), f...)
+	msg := append(make([]byte, virtio.HdrLenV1), f...)
 	if _, err := unix.Write(int(r.tap.Queue(q).File().Fd()), msg); err != nil {
 		r.t.Fatalf("write reply of flow %d on queue %d: %v", i, q, err)
 	}

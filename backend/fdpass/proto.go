@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // The serve-fds protocol, version 1. The client sends one request, the
@@ -45,7 +46,8 @@ type Request struct {
 	Queues int
 	// Bridge, if set, names the bridge the server attaches the TAP to.
 	Bridge string
-	// VnetHdr is the virtio-net header size, 10, 12 or 20; 0 means 12.
+	// VnetHdr is the virtio-net header size, one virtio.CheckHdrLen takes
+	// (10, 12 or 20); 0 means 12.
 	VnetHdr int
 }
 
@@ -63,10 +65,10 @@ func (r Request) Validate() error {
 			return &protoError{msg: "bridge", err: err}
 		}
 	}
-	switch r.VnetHdr {
-	case 0, tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
-	default:
-		return malformed("vnet-hdr %d: want 10, 12 or 20", r.VnetHdr)
+	if r.VnetHdr != 0 {
+		if err := virtio.CheckHdrLen(r.VnetHdr); err != nil {
+			return &protoError{msg: fmt.Sprintf("vnet-hdr %d", r.VnetHdr), err: err}
+		}
 	}
 	return nil
 }
@@ -193,10 +195,8 @@ func ParseReply(msg []byte) (Reply, error) {
 	if r.VnetHdr, err = parseCount("vnet-hdr", fields["vnet-hdr"]); err != nil {
 		return Reply{}, err
 	}
-	switch r.VnetHdr {
-	case tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
-	default:
-		return Reply{}, malformed("vnet-hdr %d: want 10, 12 or 20", r.VnetHdr)
+	if err := virtio.CheckHdrLen(r.VnetHdr); err != nil {
+		return Reply{}, &protoError{msg: fmt.Sprintf("vnet-hdr %d", r.VnetHdr), err: err}
 	}
 	return r, nil
 }

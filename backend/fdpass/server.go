@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // Handler decides a request from peer and, when it grants it, makes the
@@ -183,7 +184,7 @@ func checkGrant(req Request, g Grant) error {
 	}
 	want := req.VnetHdr
 	if want == 0 {
-		want = tap.VnetHdrV1
+		want = virtio.HdrLenV1
 	}
 	if g.VnetHdr != want {
 		return fmt.Errorf("vnet header size %d, asked for %d", g.VnetHdr, want)

@@ -64,8 +64,10 @@ type LinkConfig struct {
 // netNS, in qemu-bridge-helper's order: MAC, MTU, bridge, up. It refuses
 // a link that is not a TUN/TAP device, and a Bridge that is not a bridge.
 func ConfigureLink(name, netNS string, c LinkConfig) error {
-	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65521) {
-		return &OpError{Device: name, Queue: -1, Op: "RTM_SETLINK mtu", Err: &OptionError{Option: "mtu", Value: c.MTU, Reason: "want 68 to 65521 (tun.c MAX_MTU)"}}
+	if c.MTU != 0 {
+		if err := CheckMTU(c.MTU); err != nil {
+			return &OpError{Device: name, Queue: -1, Op: "RTM_SETLINK mtu", Err: err}
+		}
 	}
 	return withNetNS(name, netNS, func(ns netns.NsHandle) error { return configureLink(ns, name, c) })
 }

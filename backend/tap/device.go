@@ -538,10 +538,8 @@ func VnetHdrSizeOf(name, netNS string) (int, error) {
 // feature negotiation may (virtio.HdrLenFor). Set it while no frames flow:
 // the kernel applies it to the next frame on every file.
 func (d *Device) SetVnetHdrSize(size int) error {
-	switch size {
-	case VnetHdrLegacy, VnetHdrV1, VnetHdrHash:
-	default:
-		return d.opErr(-1, "TUNSETVNETHDRSZ", &OptionError{Option: "vnet header size", Value: size, Reason: "want 10, 12 or 20"})
+	if err := checkVnetHdrSize(size); err != nil {
+		return d.opErr(-1, "TUNSETVNETHDRSZ", err)
 	}
 	if err := d.keepControl("TUNSETVNETHDRSZ", func(fd int) error { return tunSetVnetHdrSize(fd, size) }); err != nil {
 		return err

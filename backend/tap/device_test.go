@@ -15,6 +15,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // newDevice creates a device in a fresh network namespace and closes it
@@ -456,7 +457,7 @@ func TestFrameBothWays(t *testing.T) {
 
 	// Queue → kernel: a 12-byte zero vnet header, then the frame.
 	frame := udpFrame(mac, peer, 4000, []byte("from the guest side"))
-	msg := append(make([]byte, VnetHdrV1), frame...)
+	msg := append(make([]byte, virtio.HdrLenV1), frame...)
 	if n, err := q.File().Write(msg); err != nil || n != len(msg) {
 		t.Fatalf("write: %d, %v", n, err)
 	}
@@ -470,15 +471,15 @@ func TestFrameBothWays(t *testing.T) {
 	if err := unix.Sendto(pfd, frame2, 0, &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6}); err != nil {
 		t.Fatalf("sendto: %v", err)
 	}
-	frames := udpFramesOnly(drain(t, q, 300*time.Millisecond), VnetHdrV1)
+	frames := udpFramesOnly(drain(t, q, 300*time.Millisecond), virtio.HdrLenV1)
 	if len(frames) != 1 {
 		t.Fatalf("got %d UDP frames on the queue, want 1", len(frames))
 	}
 	if h := frames[0][:10]; !bytes.Equal(h, make([]byte, 10)) {
 		t.Errorf("vnet header: got %x, want zeros (no offload asked, no checksum to complete)", h)
 	}
-	if !bytes.Equal(frames[0][VnetHdrV1:], frame2) {
-		t.Errorf("queue got %x, want %x", frames[0][VnetHdrV1:], frame2)
+	if !bytes.Equal(frames[0][virtio.HdrLenV1:], frame2) {
+		t.Errorf("queue got %x, want %x", frames[0][virtio.HdrLenV1:], frame2)
 	}
 }
 
@@ -521,7 +522,7 @@ func TestQueueDisableEnable(t *testing.T) {
 	counts := func() [2]int {
 		var c [2]int
 		for i := range c {
-			c[i] = len(udpFramesOnly(drain(t, d.Queue(i), 200*time.Millisecond), VnetHdrV1))
+			c[i] = len(udpFramesOnly(drain(t, d.Queue(i), 200*time.Millisecond), virtio.HdrLenV1))
 		}
 		return c
 	}
@@ -574,7 +575,7 @@ func TestNetNSMissing(t *testing.T) {
 }
 
 func TestSndBufAndVnetHdrSize(t *testing.T) {
-	d, ns := newTestDevice(t, Options{SndBuf: 1 << 20, VnetHdrSize: VnetHdrHash, DeferQueues: true})
+	d, ns := newTestDevice(t, Options{SndBuf: 1 << 20, VnetHdrSize: virtio.HdrLenHash, DeferQueues: true})
 	var sndbuf, hdr int
 	err := d.keepControl("TUNGETSNDBUF", func(fd int) error {
 		var err error
@@ -587,8 +588,8 @@ func TestSndBufAndVnetHdrSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sndbuf != 1<<20 || hdr != VnetHdrHash {
-		t.Errorf("got sndbuf %d, vnet header %d; want %d, %d", sndbuf, hdr, 1<<20, VnetHdrHash)
+	if sndbuf != 1<<20 || hdr != virtio.HdrLenHash {
+		t.Errorf("got sndbuf %d, vnet header %d; want %d, %d", sndbuf, hdr, 1<<20, virtio.HdrLenHash)
 	}
 	// A later Open with another size resets the device's size: a
 	// persistent device left at 20 bytes must not stay there.
@@ -598,28 +599,28 @@ func TestSndBufAndVnetHdrSize(t *testing.T) {
 	name := d.Name()
 	d.Close()
 	t.Cleanup(func() { Delete(name, ns) })
-	if n, err := VnetHdrSizeOf(name, ns); err != nil || n != VnetHdrHash {
-		t.Fatalf("idle persistent device: got header %d, %v; want %d", n, err, VnetHdrHash)
+	if n, err := VnetHdrSizeOf(name, ns); err != nil || n != virtio.HdrLenHash {
+		t.Fatalf("idle persistent device: got header %d, %v; want %d", n, err, virtio.HdrLenHash)
 	}
 	d2, err := Open(name, Options{NetNS: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
 	d2.Close()
-	if n, err := VnetHdrSizeOf(name, ns); err != nil || n != VnetHdrV1 {
-		t.Errorf("after Open with the default: got header %d, %v; want %d", n, err, VnetHdrV1)
+	if n, err := VnetHdrSizeOf(name, ns); err != nil || n != virtio.HdrLenV1 {
+		t.Errorf("after Open with the default: got header %d, %v; want %d", n, err, virtio.HdrLenV1)
 	}
 }
 
 func TestSetVnetHdrSize(t *testing.T) {
 	d, _ := newTestDevice(t, Options{})
-	if err := d.SetVnetHdrSize(VnetHdrLegacy); err != nil {
+	if err := d.SetVnetHdrSize(virtio.HdrLenLegacy); err != nil {
 		t.Fatal(err)
 	}
 	var got int
 	rawControl(d.Queue(0).File(), func(fd int) error { var err error; got, err = tunGetVnetHdrSize(fd); return err })
-	if got != VnetHdrLegacy || d.VnetHdrSize() != VnetHdrLegacy {
-		t.Errorf("got %d (device says %d), want %d", got, d.VnetHdrSize(), VnetHdrLegacy)
+	if got != virtio.HdrLenLegacy || d.VnetHdrSize() != virtio.HdrLenLegacy {
+		t.Errorf("got %d (device says %d), want %d", got, d.VnetHdrSize(), virtio.HdrLenLegacy)
 	}
 	if err := d.SetVnetHdrSize(16); err == nil {
 		t.Error("SetVnetHdrSize(16): got nil error")

@@ -8,6 +8,10 @@
 // detached from traffic; one file per queue pair, each non-blocking and
 // close-on-exec; optional persistence; a kernel-assigned name and MAC.
 //
+// The TAP's limits are declared here once, for every other package to
+// check against (CheckMTU, MaxQueues); its vnet header sizes are the
+// guest's, virtio's (virtio.CheckHdrLen).
+//
 // What it owns: every file it opens (closed by Device.Close), and the
 // network namespace handle of the device. What it never does: touch guest
 // memory or know about virtqueues (package backend and its engine do),

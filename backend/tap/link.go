@@ -180,10 +180,29 @@ func (d *Device) SetMAC(mac net.HardwareAddr) error {
 	return d.link("RTM_SETLINK address", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetHardwareAddr(l, mac) })
 }
 
-// SetMTU sets the device's MTU.
+// MinMTU and MaxMTU bound the MTU of a TAP device: tun.c
+// tun_net_initialize sets its min_mtu to MIN_MTU (68) and its max_mtu to
+// MAX_MTU (65535) less the Ethernet header (ETH_HLEN), and dev_validate_mtu
+// refuses an MTU outside them with EINVAL. The MTU a guest is offered has
+// the wider bounds of its config field (virtio.MinMTU, virtio.MaxMTU).
+const (
+	MinMTU = 68
+	MaxMTU = 65535 - 14
+)
+
+// CheckMTU refuses, as an *OptionError, an MTU the kernel would refuse for
+// a TAP: one outside MinMTU to MaxMTU.
+func CheckMTU(mtu int) error {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return &OptionError{Option: "mtu", Value: mtu, Reason: fmt.Sprintf("want %d to %d (tun.c MIN_MTU, MAX_MTU less ETH_HLEN)", MinMTU, MaxMTU)}
+	}
+	return nil
+}
+
+// SetMTU sets the device's MTU, which CheckMTU must take.
 func (d *Device) SetMTU(mtu int) error {
-	if mtu < 68 || mtu > 65521 {
-		return d.opErr(-1, "RTM_SETLINK mtu", &OptionError{Option: "mtu", Value: mtu, Reason: "want 68 to 65521 (tun.c MAX_MTU)"})
+	if err := CheckMTU(mtu); err != nil {
+		return d.opErr(-1, "RTM_SETLINK mtu", err)
 	}
 	return d.link("RTM_SETLINK mtu", func(h *netlink.Handle, l netlink.Link) error { return h.LinkSetMTU(l, mtu) })
 }

@@ -6,15 +6,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/vmnet-dev/vmnet/offload"
-)
-
-// Header sizes TUNSETVNETHDRSZ may be given: struct virtio_net_hdr (10,
-// legacy), virtio_net_hdr_mrg_rxbuf / virtio 1.x (12), virtio_net_hdr_v1_hash
-// (20).
-const (
-	VnetHdrLegacy = 10
-	VnetHdrV1     = 12
-	VnetHdrHash   = 20
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // MaxQueues is the most queue pairs a device can have: tun.c allows
@@ -38,8 +30,9 @@ type Options struct {
 	// most MaxQueues.
 	Queues int
 
-	// VnetHdrSize is the virtio-net header size on every fd: 10, 12 or 20.
-	// 0 means 12, the virtio 1.x header.
+	// VnetHdrSize is the virtio-net header size on every fd, one that
+	// virtio.CheckHdrLen takes (10, 12 or 20). 0 means 12, the virtio 1.x
+	// header.
 	VnetHdrSize int
 
 	// Persist keeps the device after its last fd is closed (TUNSETPERSIST).
@@ -86,7 +79,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.Queues = 1
 	}
 	if o.VnetHdrSize == 0 {
-		o.VnetHdrSize = VnetHdrV1
+		o.VnetHdrSize = virtio.HdrLenV1
 	}
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
@@ -97,10 +90,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Queues < 1 || o.Queues > MaxQueues {
 		return o, &OptionError{Option: "queues", Value: o.Queues, Reason: "want 1 to 255 (tun.c MAX_TAP_QUEUES is 256 files and the keep-alive fd is one)"}
 	}
-	switch o.VnetHdrSize {
-	case VnetHdrLegacy, VnetHdrV1, VnetHdrHash:
-	default:
-		return o, &OptionError{Option: "vnet header size", Value: o.VnetHdrSize, Reason: "want 10, 12 or 20"}
+	if err := checkVnetHdrSize(o.VnetHdrSize); err != nil {
+		return o, err
 	}
 	if o.Owner < 0 {
 		return o, &OptionError{Option: "owner", Value: o.Owner, Reason: "want a uid >= 0"}
@@ -115,6 +106,15 @@ func (o Options) withDefaults() (Options, error) {
 		return o, &OptionError{Option: "sndbuf", Value: o.SndBuf, Reason: "want a size > 0, or 0 for the kernel default"}
 	}
 	return o, nil
+}
+
+// checkVnetHdrSize refuses a vnet header size no guest negotiates
+// (virtio.CheckHdrLen), as an *OptionError.
+func checkVnetHdrSize(size int) error {
+	if err := virtio.CheckHdrLen(size); err != nil {
+		return &OptionError{Option: "vnet header size", Value: size, Reason: err.Error()}
+	}
+	return nil
 }
 
 // ValidateName checks an interface name the way the kernel's dev_valid_name

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vmnet-dev/vmnet/offload"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 func TestOptionsDefaults(t *testing.T) {
@@ -13,7 +14,7 @@ func TestOptionsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("zero Options: %v", err)
 	}
-	if o.Name != DefaultName || o.Queues != 1 || o.VnetHdrSize != VnetHdrV1 || o.Logger == nil {
+	if o.Name != DefaultName || o.Queues != 1 || o.VnetHdrSize != virtio.HdrLenV1 || o.Logger == nil {
 		t.Errorf("defaults: got name %q queues %d vnet %d logger %v, want %q 1 12 non-nil", o.Name, o.Queues, o.VnetHdrSize, o.Logger, DefaultName)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/offload"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // exec makes a TAP, hands its queue files to a hypervisor it starts at
@@ -61,9 +62,9 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&o.netns, "netns", "", "network namespace for the TAP (refused when setuid)")
 	fs.StringVar((*string)(&o.steering), "steering", string(ebpf.SteeringKernel), "queue steering: kernel (tun's flow table) or hash (eBPF: a flow keeps its queue; needs CAP_BPF)")
 	fs.StringVar(&o.offloads, "offloads", "none", "TUNSETOFFLOAD set before the hypervisor sets its own: none or csum,tso4,...")
-	fs.IntVar(&o.vnetHdr, "vnet-hdr", tap.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
+	fs.IntVar(&o.vnetHdr, "vnet-hdr", virtio.HdrLenV1, "virtio-net header size: "+hdrLens)
 	fs.StringVar(&o.mac, "mac", "", "guest MAC for {mac}; default a random locally administered one")
-	fs.IntVar(&o.mtu, "mtu", 0, "TAP MTU; default the bridge's, or the kernel's 1500")
+	fs.IntVar(&o.mtu, "mtu", 0, "TAP MTU ("+mtuRange+"); default the bridge's, or the kernel's 1500")
 	fs.BoolVar(&o.persist, "persist", false, "keep the TAP after the hypervisor exits (refused when setuid)")
 	fs.StringVar(&o.user, "user", "", "run the hypervisor as this user (name or uid; root only)")
 	fs.StringVar(&o.acl, "acl", "", "access list checked when setuid (default "+defaultACL+")")
@@ -251,18 +252,16 @@ func (o *execOptions) validate() (offload.TunFlags, net.HardwareAddr, error) {
 	if !offloads.Valid() {
 		return 0, nil, usagef("exec: --offloads %s: every offload needs csum, uso4 and uso6 go together, tso_ecn needs tso4 or tso6", offloads)
 	}
-	switch o.vnetHdr {
-	case tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
-	default:
-		return 0, nil, usagef("exec: --vnet-hdr %d: want 10, 12 or 20", o.vnetHdr)
+	if err := checkVnetHdrFlag("exec", o.vnetHdr); err != nil {
+		return 0, nil, err
 	}
-	if o.mtu != 0 && (o.mtu < 68 || o.mtu > 65521) {
-		return 0, nil, usagef("exec: --mtu %d: want 68 to 65521", o.mtu)
+	if err := checkMTUFlag("exec", o.mtu); err != nil {
+		return 0, nil, err
 	}
 	var mac net.HardwareAddr
 	if o.mac != "" {
-		if mac, err = net.ParseMAC(o.mac); err != nil || len(mac) != 6 || mac[0]&1 != 0 || zeroMAC(mac) {
-			return 0, nil, usagef("exec: --mac %q: want a unicast Ethernet address like 52:54:00:12:34:56", o.mac)
+		if mac, err = parseMACFlag("exec", o.mac); err != nil {
+			return 0, nil, err
 		}
 	} else if mac, err = randomMAC(); err != nil {
 		return 0, nil, err
@@ -354,15 +353,6 @@ func randomMAC() (net.HardwareAddr, error) {
 	}
 	mac[0] = mac[0]&^1 | 2
 	return mac, nil
-}
-
-func zeroMAC(mac net.HardwareAddr) bool {
-	for _, b := range mac {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // lookupUser resolves --user to the ids to become.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 func runTap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -40,7 +41,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		opts    tap.Options
 		owner   = fs.String("owner", "", "user (name or uid) allowed to attach queues without CAP_NET_ADMIN")
 		group   = fs.String("group", "", "group (name or gid) allowed to attach queues without CAP_NET_ADMIN")
-		mtu     = fs.Int("mtu", 0, "MTU (68 to 65521); 0 keeps the kernel's 1500")
+		mtu     = fs.Int("mtu", 0, "MTU ("+mtuRange+"); 0 keeps the kernel's 1500")
 		persist = fs.Bool("persist", false, "keep the device after vmnet-helper exits")
 		single  = fs.Bool("single-queue", false, "make a TAP without IFF_MULTI_QUEUE, for hypervisors that open it by name (Firecracker)")
 		bridge  = fs.String("bridge", "", "attach the TAP to this bridge (its MTU unless --mtu)")
@@ -50,7 +51,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&opts.Name, "name", tap.DefaultName, "interface name or template with one %d")
 	fs.IntVar(&opts.Queues, "queues", 1, "queue pairs (1 to 255)")
 	fs.StringVar(&opts.NetNS, "netns", "", "network namespace (name under /run/netns or path) to create the device in")
-	fs.IntVar(&opts.VnetHdrSize, "vnet-hdr", tap.VnetHdrV1, "virtio-net header size: 10, 12 or 20")
+	fs.IntVar(&opts.VnetHdrSize, "vnet-hdr", virtio.HdrLenV1, "virtio-net header size: "+hdrLens)
 	fs.BoolVar(&opts.NoNAPI, "no-napi", false, "do not use IFF_NAPI even when the kernel offers it")
 	log, err := parseCommand(fs, args, stderr, &lf)
 	if err != nil {
@@ -61,11 +62,12 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if opts.Queues < 1 {
 		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, tap.MaxQueues)
 	}
-	if opts.VnetHdrSize == 0 {
-		return usagef("tap create: --vnet-hdr 0: want 10, 12 or 20")
+	// 0 would be tap.Options' default; as a flag it is refused.
+	if err := checkVnetHdrFlag("tap create", opts.VnetHdrSize); err != nil {
+		return err
 	}
-	if *mtu != 0 && (*mtu < 68 || *mtu > 65521) {
-		return usagef("tap create: --mtu %d: want 68 to 65521", *mtu)
+	if err := checkMTUFlag("tap create", *mtu); err != nil {
+		return err
 	}
 	if opts.Owner, err = lookupID(*owner, "owner", user.Lookup, func(u *user.User) string { return u.Uid }); err != nil {
 		return err
@@ -78,11 +80,6 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if opts.Queues > tap.MaxQueues {
 		return usagef("tap create: --queues %d: want 1 to %d", opts.Queues, tap.MaxQueues)
-	}
-	switch opts.VnetHdrSize {
-	case tap.VnetHdrLegacy, tap.VnetHdrV1, tap.VnetHdrHash:
-	default:
-		return usagef("tap create: --vnet-hdr %d: want 10, 12 or 20", opts.VnetHdrSize)
 	}
 
 	if *bridge != "" {

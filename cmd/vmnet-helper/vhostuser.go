@@ -59,7 +59,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.StringVar(&f.netns, "netns", "", "network namespace the TAP lives in (the helper itself stays where it started)")
 	fs.BoolVar(&f.persist, "persist", false, "keep the TAP after vmnet-helper exits")
 	fs.StringVar(&f.mac, "mac", "", "the guest's MAC address (default: random, locally administered)")
-	fs.IntVar(&f.mtu, "mtu", 0, "MTU of the TAP, offered to the guest (68 to 65521; 0: the kernel's 1500, not offered)")
+	fs.IntVar(&f.mtu, "mtu", 0, "MTU of the TAP, offered to the guest ("+mtuRange+"; 0: the kernel's 1500, not offered)")
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
 	fs.BoolVar(&f.ioURing, "io-uring", true, "batch TAP reads and writes through io_uring where the kernel allows (false: one system call per frame)")
@@ -75,10 +75,11 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 		return nil, usagef("vhost-user: --socket is required")
 	case f.queues < 1 || f.queues > tap.MaxQueues:
 		return nil, usagef("vhost-user: --queues %d: want 1 to %d", f.queues, tap.MaxQueues)
-	case f.mtu != 0 && (f.mtu < 68 || f.mtu > 65521):
-		return nil, usagef("vhost-user: --mtu %d: want 68 to 65521", f.mtu)
 	case f.busyPoll < 0 || f.busyPoll > time.Second:
 		return nil, usagef("vhost-user: --busy-poll %v: want 0 to 1s", f.busyPoll)
+	}
+	if err := checkMTUFlag("vhost-user", f.mtu); err != nil {
+		return nil, err
 	}
 	if dir := filepath.Dir(f.socket); dir != "" {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -90,8 +91,8 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	}
 	c.literal = !tap.IsTemplate(f.tap)
 	if f.mac != "" {
-		if c.mac, err = net.ParseMAC(f.mac); err != nil || len(c.mac) != 6 || c.mac[0]&1 != 0 || isZero(c.mac) {
-			return nil, usagef("vhost-user: --mac %q: want a unicast Ethernet address such as 52:54:00:12:34:56", f.mac)
+		if c.mac, err = parseMACFlag("vhost-user", f.mac); err != nil {
+			return nil, err
 		}
 	}
 	if c.offer, err = offload.ParseOfferList(f.offloads); err != nil {
@@ -106,15 +107,6 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 		}
 	}
 	return c, nil
-}
-
-func isZero(b []byte) bool {
-	for _, v := range b {
-		if v != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // runVhostUser serves a vhost-user-net device over a TAP until ctx ends.
