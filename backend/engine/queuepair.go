@@ -74,7 +74,8 @@ type Config struct {
 	Endian virtio.Endian
 
 	// MTU bounds the frames the guest can receive when it negotiated no
-	// receive offload. 0 means 1500.
+	// receive offload: the mtu it was offered, within virtio.CheckMTU's
+	// bounds (a TAP's own are narrower: tap.CheckMTU). 0 means 1500.
 	MTU int
 
 	// Budget is the most chains one direction handles before the worker
@@ -162,10 +163,8 @@ func New(cfg Config) (*QueuePair, error) {
 	case cfg.TAP == nil:
 		return nil, errors.New("new queue pair: TAP file is required")
 	}
-	switch cfg.HdrLen {
-	case virtio.HdrLenLegacy, virtio.HdrLenV1, virtio.HdrLenHash:
-	default:
-		return nil, fmt.Errorf("new queue pair: header length %d, want 10, 12 or 20", cfg.HdrLen)
+	if err := virtio.CheckHdrLen(cfg.HdrLen); err != nil {
+		return nil, fmt.Errorf("new queue pair: %w", err)
 	}
 	if want := virtio.HdrLenFor(cfg.Features); cfg.HdrLen != want {
 		return nil, fmt.Errorf("new queue pair: header length %d, but features %v imply %d", cfg.HdrLen, cfg.Features, want)
@@ -173,8 +172,8 @@ func New(cfg Config) (*QueuePair, error) {
 	if cfg.MTU == 0 {
 		cfg.MTU = 1500
 	}
-	if cfg.MTU < 68 || cfg.MTU > 65535 {
-		return nil, fmt.Errorf("new queue pair: MTU %d, want 68 to 65535", cfg.MTU)
+	if err := virtio.CheckMTU(cfg.MTU); err != nil {
+		return nil, fmt.Errorf("new queue pair: %w", err)
 	}
 	if cfg.Budget == 0 {
 		cfg.Budget = 64
