@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // rawMessage builds a message whose header size is len(payload).
@@ -85,7 +87,7 @@ func TestMalformedMessageClosesConnection(t *testing.T) {
 		{name: "SET_VRING_ERR bits past NOFD", msg: rawMessage(ReqSetVringErr, v, u64Bytes(0x200)), fds: 1},
 		{name: "SET_VRING_KICK short", msg: rawMessage(ReqSetVringKick, v, []byte{0}), fds: 1},
 		{name: "SET_VRING_NUM 0", msg: rawMessage(ReqSetVringNum, v, VringState{Num: 0}.Append(nil))},
-		{name: "SET_VRING_NUM 32769", msg: rawMessage(ReqSetVringNum, v, VringState{Num: MaxQueueSize + 1}.Append(nil))},
+		{name: "SET_VRING_NUM 32769", msg: rawMessage(ReqSetVringNum, v, VringState{Num: virtio.MaxQueueSize + 1}.Append(nil))},
 		{name: "SET_VRING_ENABLE 2", msg: rawMessage(ReqSetVringEnable, v, VringState{Num: 2}.Append(nil))},
 		{name: "GET_VRING_BASE ring 256", msg: rawMessage(ReqGetVringBase, v, VringState{Index: 256}.Append(nil))},
 		{name: "SET_VRING_BASE with an fd", msg: rawMessage(ReqSetVringBase, v, VringState{}.Append(nil)), fds: 1},

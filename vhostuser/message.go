@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // Wire sizes and bounds. All numbers on the wire are in the machine's native byte order
@@ -25,8 +27,6 @@ const (
 	MaxMemTableRegions = 8
 	// MaxConfigSize is the largest config space access (VHOST_USER_MAX_CONFIG_SIZE in QEMU).
 	MaxConfigSize = 256
-	// MaxQueueSize is the largest virtqueue (virtio 1.2 §2.6 "Queue Size").
-	MaxQueueSize = 32768
 	// MaxQueues is the most rings a vhost-user device can have: the ring index of
 	// SET_VRING_KICK/CALL/ERR has 8 bits.
 	MaxQueues = 256
@@ -676,9 +676,12 @@ func decodeU64(req Request, b []byte) (Payload, error) {
 			return nil, malformed("%s status %#x does not fit a byte", req, v)
 		}
 	case ReqNetSetMTU:
-		// virtio 1.2 §5.1.4.1: mtu is a le16 of at least 68.
-		if v < 68 || v > math.MaxUint16 {
-			return nil, malformed("%s mtu %d out of range [68, 65535]", req, v)
+		// The mtu of the config space (virtio 1.2 §5.1.4), widened to a u64.
+		if v > math.MaxUint16 {
+			return nil, malformed("%s mtu %d does not fit the 16-bit config field", req, v)
+		}
+		if err := virtio.CheckMTU(int(v)); err != nil {
+			return nil, malformed("%s %v", req, err)
 		}
 	}
 	return U64(v), nil
@@ -691,8 +694,10 @@ func decodeVringState(req Request, b []byte) (Payload, error) {
 	}
 	switch req {
 	case ReqSetVringNum:
-		if s.Num == 0 || s.Num > MaxQueueSize {
-			return nil, malformed("%s ring %d size %d out of range [1, %d]", req, s.Index, s.Num, MaxQueueSize)
+		// The layout is known when the ring starts (queueSetup checks it
+		// again); until then a size is refused only if no layout takes it.
+		if err := virtio.CheckQueueSize(s.Num, true); err != nil {
+			return nil, malformed("%s ring %d %v", req, s.Index, err)
 		}
 	case ReqSetVringEnable:
 		if s.Num > 1 {

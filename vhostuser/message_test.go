@@ -5,6 +5,8 @@ import (
 	"errors"
 	"runtime"
 	"testing"
+
+	"github.com/vmnet-dev/vmnet/virtio"
 )
 
 // seedMessages are well-formed requests of every kind the session acts on, as QEMU sends
@@ -214,7 +216,7 @@ func checkDecoded(t *testing.T, req Request, p Payload, nfds int, payload []byte
 			t.Fatalf("%s data copied out of the message", req)
 		}
 	case VringState:
-		if v.Index >= MaxQueues || (req == ReqSetVringNum && (v.Num == 0 || v.Num > MaxQueueSize)) ||
+		if v.Index >= MaxQueues || (req == ReqSetVringNum && (v.Num == 0 || v.Num > virtio.MaxQueueSize)) ||
 			(req == ReqSetVringEnable && v.Num > 1) || nfds != 0 {
 			t.Fatalf("%s accepted %+v with %d fds", req, v, nfds)
 		}

@@ -420,45 +420,29 @@ func (s *session) queueSetup(i int) (QueueSetup, error) {
 		Call:      r.call,
 		Err:       r.err,
 	}
-	n := uint64(r.size)
-	// Sizes and alignments of virtio 1.2 §2.7 (split: descriptor table, available ring,
-	// used ring, the event fields only with EVENT_IDX) and §2.8 (packed: descriptor ring,
-	// driver and device event suppression).
-	descLen, availLen, usedLen := 16*n, 4+2*n, 4+8*n
-	descAlign, availAlign, usedAlign := uint64(16), uint64(2), uint64(4)
+	layout := "split"
 	if q.Packed {
-		availLen, usedLen, availAlign = 4, 4, 4
-	} else {
-		if n&(n-1) != 0 {
-			return q, fmt.Errorf("split ring size %d is not a power of two", n)
-		}
-		if q.EventIdx {
-			availLen += 2
-			usedLen += 2
-		}
+		layout = "packed"
 	}
-	areas := []struct {
-		name        string
-		user        uint64
-		gpa         *uint64
-		length, aln uint64
-	}{
-		{"descriptor", r.addr.DescUser, &q.DescAddr, descLen, descAlign},
-		{"available", r.addr.AvailUser, &q.AvailAddr, availLen, availAlign},
-		{"used", r.addr.UsedUser, &q.UsedAddr, usedLen, usedAlign},
+	if err := virtio.CheckQueueSize(uint32(r.size), q.Packed); err != nil {
+		return q, fmt.Errorf("%s ring %w", layout, err)
 	}
-	for _, a := range areas {
-		gpa, err := s.mem.UserToGuest(a.user)
+	// The areas' sizes and alignments are the layout's (virtio.RingAreas), in QueueSetup's
+	// order: descriptors, then available or driver area, then used or device area.
+	user := [3]uint64{r.addr.DescUser, r.addr.AvailUser, r.addr.UsedUser}
+	gpa := [3]*uint64{&q.DescAddr, &q.AvailAddr, &q.UsedAddr}
+	for i, a := range virtio.RingAreas(r.size, q.Packed, q.EventIdx) {
+		g, err := s.mem.UserToGuest(user[i])
 		if err != nil {
-			return q, fmt.Errorf("translate %s area at user %#x: %w", a.name, a.user, err)
+			return q, fmt.Errorf("translate %s at user %#x: %w", a.Name, user[i], err)
 		}
-		if gpa%a.aln != 0 {
-			return q, fmt.Errorf("%s area at guest %#x is not %d-byte aligned", a.name, gpa, a.aln)
+		if err := a.CheckAlign(g); err != nil {
+			return q, err
 		}
-		if _, err := s.mem.Slice(gpa, a.length); err != nil {
-			return q, fmt.Errorf("check %s area at guest %#x, %d bytes: %w", a.name, gpa, a.length, err)
+		if _, err := s.mem.Slice(g, a.Len); err != nil {
+			return q, fmt.Errorf("check %s at guest %#x, %d bytes: %w", a.Name, g, a.Len, err)
 		}
-		*a.gpa = gpa
+		*gpa[i] = g
 	}
 	return q, nil
 }
