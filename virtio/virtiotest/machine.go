@@ -11,7 +11,7 @@ import (
 // The zero value but for Size is a split ring without EVENT_IDX, one
 // descriptor per buffer and 4 KiB of buffer memory per chain.
 type QueueSpec struct {
-	Size     uint16 // descriptors: 1 to 32768, a power of two for a split ring
+	Size     uint16 // descriptors, as virtio.CheckQueueSize takes them for the layout
 	Packed   bool   // negotiate VIRTIO_F_RING_PACKED: a packed ring, else a split one
 	EventIdx bool   // negotiate VIRTIO_F_EVENT_IDX
 	Indirect bool   // post every chain through an indirect table
@@ -31,8 +31,8 @@ type QueueSpec struct {
 }
 
 func (s QueueSpec) check() error {
-	if s.Size == 0 || s.Size > virtio.MaxQueueSize || !s.Packed && s.Size&(s.Size-1) != 0 {
-		return fmt.Errorf("bad queue size %d", s.Size)
+	if err := virtio.CheckQueueSize(uint32(s.Size), s.Packed); err != nil {
+		return fmt.Errorf("bad queue size %d: %w", s.Size, err)
 	}
 	if s.SlotSize < 0 {
 		return fmt.Errorf("bad slot size %d", s.SlotSize)
