@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -32,7 +33,7 @@ func TestChecksum(t *testing.T) {
 		if got := Checksum(tt.b, tt.initial); got != tt.want {
 			t.Errorf("%s: Checksum = %#04x, want %#04x", tt.name, got, tt.want)
 		}
-		if got := refChecksum(tt.b, tt.initial); got != tt.want {
+		if got := frametest.Checksum(tt.b, tt.initial); got != tt.want {
 			t.Errorf("%s: the reference says %#04x, want %#04x", tt.name, got, tt.want)
 		}
 	}
@@ -50,7 +51,7 @@ func TestChecksumLengths(t *testing.T) {
 		for n := 0; off+n <= len(buf); n += 1 + n/16 {
 			b := buf[off : off+n]
 			init := uint16(r.Uint32())
-			if got, want := Checksum(b, init), refChecksum(b, init); got != want {
+			if got, want := Checksum(b, init), frametest.Checksum(b, init); got != want {
 				t.Fatalf("Checksum(buf[%d:%d], %#x) = %#04x, want %#04x", off, off+n, init, got, want)
 			}
 		}
@@ -105,7 +106,7 @@ func TestPartialCsumZero(t *testing.T) {
 	}
 	// Adding c to a word of the data makes the sum all ones.
 	w := binary.BigEndian.Uint16(frame[len(frame)-2:])
-	binary.BigEndian.PutUint16(frame[len(frame)-2:], refFold(uint64(w)+uint64(c)))
+	binary.BigEndian.PutUint16(frame[len(frame)-2:], frametest.Fold(uint64(w)+uint64(c)))
 	if _, c, err := PartialCsum(frame, &h); err != nil || c != 0xffff {
 		t.Errorf("PartialCsum = %#04x, %v; want 0xffff", c, err)
 	}

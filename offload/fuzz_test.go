@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -168,11 +169,12 @@ func FuzzValidateTX(f *testing.F) {
 	})
 }
 
-// FuzzChecksum compares Checksum with the word-at-a-time reference, and
-// PartialCsum with PartialCsumVec over the input cut in two.
+// FuzzChecksum compares Checksum with the word-at-a-time reference
+// (frametest.Checksum), and PartialCsum with PartialCsumVec over the input
+// cut in two.
 func FuzzChecksum(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte, initial, cut uint16) {
-		if got, want := Checksum(b, initial), refChecksum(b, initial); got != want {
+		if got, want := Checksum(b, initial), frametest.Checksum(b, initial); got != want {
 			t.Fatalf("Checksum(% x, %#x) = %#04x, want %#04x", b, initial, got, want)
 		}
 		if len(b) < 2 {
@@ -184,7 +186,7 @@ func FuzzChecksum(f *testing.F) {
 		if err != nil || off != start {
 			t.Fatalf("PartialCsum at %d of %d bytes: %d, %v", start, len(b), off, err)
 		}
-		want := refChecksum(b[start:], 0)
+		want := frametest.Checksum(b[start:], 0)
 		if want == 0 {
 			want = 0xffff
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -112,7 +113,7 @@ func TestSegmentFields(t *testing.T) {
 		if got := tcp[13]; got != tt.flags {
 			t.Errorf("segment %d: flags %#x, want %#x", tt.seg, got, tt.flags)
 		}
-		if got := refChecksum(ip, 0); got != 0 {
+		if got := frametest.Checksum(ip, 0); got != 0 {
 			t.Errorf("segment %d: ipv4 header sums to %#x, want 0", tt.seg, got)
 		}
 	}
