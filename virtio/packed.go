@@ -21,7 +21,7 @@ const PackedWrap = 1 << 15
 
 // PackedConfig places a packed virtqueue (virtio 1.2 §2.8) in guest memory.
 type PackedConfig struct {
-	Size       uint16 // descriptors: 1 to 32768, not necessarily a power of two
+	Size       uint16 // descriptors: 1 to MaxQueueSize, not necessarily a power of two (CheckQueueSize)
 	DescAddr   uint64 // guest physical address of the descriptor ring, 16-byte aligned
 	DriverAddr uint64 // guest physical address of the driver event suppression structure, 4-byte aligned
 	DeviceAddr uint64 // guest physical address of the device event suppression structure, 4-byte aligned

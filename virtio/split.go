@@ -15,7 +15,7 @@ const (
 // SplitConfig places a split virtqueue (virtio 1.2 §2.7) in guest memory.
 // The zero indices start a new ring.
 type SplitConfig struct {
-	Size      uint16 // descriptors: a power of two, 1 to 32768
+	Size      uint16 // descriptors: a power of two, 1 to MaxQueueSize (CheckQueueSize)
 	DescAddr  uint64 // guest physical address of the descriptor table, 16-byte aligned
 	AvailAddr uint64 // guest physical address of the available ring, 2-byte aligned
 	UsedAddr  uint64 // guest physical address of the used ring, 4-byte aligned
