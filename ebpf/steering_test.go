@@ -9,69 +9,10 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"golang.org/x/sys/unix"
 )
-
-// frameSpec describes a test frame; build renders it.
-type frameSpec struct {
-	vlan       uint16 // EtherType of an outer tag, 0 for none
-	ether      uint16
-	src, dst   netip.Addr
-	proto      uint8
-	sport      uint16
-	dport      uint16
-	fragOff    uint16 // IPv4 flags and fragment offset field, less DF
-	ihl        uint8  // IPv4 header words; 0 means 5
-	truncateTo int    // cut the frame to this length; 0 keeps it whole
-}
-
-func (s frameSpec) build() []byte {
-	f := make([]byte, 12, 128)
-	copy(f, []byte{0x52, 0x54, 0, 0, 0, 2, 0x52, 0x54, 0, 0, 0, 1})
-	if s.vlan != 0 {
-		f = binary.BigEndian.AppendUint16(f, s.vlan)
-		f = binary.BigEndian.AppendUint16(f, 100)
-	}
-	f = binary.BigEndian.AppendUint16(f, s.ether)
-	l4 := []byte{}
-	l4 = binary.BigEndian.AppendUint16(l4, s.sport)
-	l4 = binary.BigEndian.AppendUint16(l4, s.dport)
-	l4 = append(l4, make([]byte, 16)...)
-	switch s.ether {
-	case etherIPv4:
-		ihl := s.ihl
-		if ihl == 0 {
-			ihl = 5
-		}
-		h := make([]byte, 20)
-		h[0] = 0x40 | ihl
-		binary.BigEndian.PutUint16(h[2:], uint16(20+len(l4)))
-		binary.BigEndian.PutUint16(h[6:], s.fragOff)
-		h[8], h[9] = 64, s.proto
-		copy(h[12:], s.src.AsSlice())
-		copy(h[16:], s.dst.AsSlice())
-		f = append(f, h...)
-		if ihl > 5 {
-			f = append(f, make([]byte, 4*int(ihl-5))...)
-		}
-	case etherIPv6:
-		h := make([]byte, 40)
-		h[0] = 0x60
-		binary.BigEndian.PutUint16(h[4:], uint16(len(l4)))
-		h[6], h[7] = s.proto, 64
-		copy(h[8:], s.src.AsSlice())
-		copy(h[24:], s.dst.AsSlice())
-		f = append(f, h...)
-	default:
-		f = append(f, make([]byte, 28)...) // an ARP body, say
-	}
-	f = append(f, l4...)
-	if s.truncateTo > 0 {
-		f = f[:s.truncateTo]
-	}
-	return f
-}
 
 var (
 	v4a = netip.MustParseAddr("10.0.0.1")
@@ -80,43 +21,67 @@ var (
 	v6b = netip.MustParseAddr("fd00:1234:5678::abcd")
 )
 
-func tcp4(sport, dport uint16) frameSpec {
-	return frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoTCP, sport: sport, dport: dport}
+func tcp4(sport, dport uint16) frametest.Spec {
+	return frametest.Spec{Src: v4a, Dst: v4b, Proto: protoTCP, SrcPort: sport, DstPort: dport}
 }
 
-// hashCases are frames of every shape the program parses, and some it
-// must give up on.
-var hashCases = []struct {
+// ports is a transport header frametest does not write (SCTP, UDP-Lite),
+// or the data of a later fragment: two ports and 16 bytes of zeros.
+func ports(sport, dport uint16) []byte {
+	b := binary.BigEndian.AppendUint16(nil, sport)
+	b = binary.BigEndian.AppendUint16(b, dport)
+	return append(b, make([]byte, 16)...)
+}
+
+// hashCase is a frame of a shape the program parses, or one it must give
+// up on.
+type hashCase struct {
 	name string
-	spec frameSpec
+	spec frametest.Spec
+	cut  int  // cut the frame to this length; 0 keeps it whole
 	zero bool // FlowHash must be 0: not IP, or cut short
-}{
+}
+
+func (c hashCase) frame() []byte {
+	f := c.spec.Build()
+	if c.cut > 0 {
+		f = f[:c.cut]
+	}
+	return f
+}
+
+var hashCases = []hashCase{
 	{name: "IPv4 TCP", spec: tcp4(40000, 5201)},
-	{name: "IPv4 UDP", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoUDP, sport: 53, dport: 33333}},
-	{name: "IPv4 SCTP", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoSCTP, sport: 9, dport: 10}},
-	{name: "IPv4 UDP-Lite", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoUDPLit, sport: 9, dport: 10}},
-	{name: "IPv4 ICMP", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: 1}},
-	{name: "IPv4 with options", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoTCP, sport: 1, dport: 2, ihl: 7}},
-	{name: "IPv4 bad IHL", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoTCP, sport: 1, dport: 2, ihl: 3}},
-	{name: "IPv4 first fragment", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoUDP, sport: 1, dport: 2, fragOff: 0x2000}},
-	{name: "IPv4 later fragment", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoUDP, sport: 7, dport: 8, fragOff: 185}},
-	{name: "IPv4 ports cut short", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoTCP, sport: 1, dport: 2, truncateTo: 14 + 20 + 2}},
-	{name: "IPv4 header cut short", spec: frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoTCP, truncateTo: 14 + 19}, zero: true},
-	{name: "IPv6 TCP", spec: frameSpec{ether: etherIPv6, src: v6a, dst: v6b, proto: protoTCP, sport: 443, dport: 50123}},
-	{name: "IPv6 UDP", spec: frameSpec{ether: etherIPv6, src: v6a, dst: v6b, proto: protoUDP, sport: 5353, dport: 5353}},
-	{name: "IPv6 ICMPv6", spec: frameSpec{ether: etherIPv6, src: v6a, dst: v6b, proto: 58}},
-	{name: "IPv6 hop-by-hop header", spec: frameSpec{ether: etherIPv6, src: v6a, dst: v6b, proto: 0, sport: 1, dport: 2}},
-	{name: "IPv6 header cut short", spec: frameSpec{ether: etherIPv6, src: v6a, dst: v6b, proto: protoTCP, truncateTo: 14 + 39}, zero: true},
-	{name: "802.1Q IPv4 TCP", spec: frameSpec{vlan: etherVLAN, ether: etherIPv4, src: v4a, dst: v4b, proto: protoTCP, sport: 1000, dport: 22}},
-	{name: "802.1ad IPv6 UDP", spec: frameSpec{vlan: etherQinQ, ether: etherIPv6, src: v6a, dst: v6b, proto: protoUDP, sport: 1000, dport: 22}},
-	{name: "VLAN tag cut short", spec: frameSpec{vlan: etherVLAN, ether: etherIPv4, truncateTo: 16}, zero: true},
-	{name: "ARP", spec: frameSpec{ether: 0x0806}, zero: true},
-	{name: "Ethernet header only", spec: frameSpec{ether: etherIPv4, truncateTo: 14}, zero: true},
+	{name: "IPv4 UDP", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoUDP, SrcPort: 53, DstPort: 33333}},
+	{name: "IPv4 SCTP", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoSCTP, Payload: ports(9, 10)}},
+	{name: "IPv4 UDP-Lite", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoUDPLit, Payload: ports(9, 10)}},
+	{name: "IPv4 ICMP", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: frametest.ProtoICMP, Type: 8, Payload: make([]byte, 16)}},
+	{name: "IPv4 with options", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoTCP, SrcPort: 1, DstPort: 2,
+		IPOptions: []byte{1, 1, 1, 1, 1, 1, 1, 1}}},
+	{name: "IPv4 bad IHL", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoTCP, SrcPort: 1, DstPort: 2, IHL: 3}},
+	{name: "IPv4 first fragment", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoUDP, SrcPort: 1, DstPort: 2, MF: true}},
+	{name: "IPv4 later fragment", spec: frametest.Spec{Src: v4a, Dst: v4b, Proto: protoUDP, FragOffset: 1480, Payload: ports(7, 8)}},
+	{name: "IPv4 ports cut short", spec: tcp4(1, 2), cut: 14 + 20 + 2},
+	{name: "IPv4 header cut short", spec: tcp4(0, 0), cut: 14 + 19, zero: true},
+	{name: "IPv6 TCP", spec: frametest.Spec{Src: v6a, Dst: v6b, Proto: protoTCP, SrcPort: 443, DstPort: 50123}},
+	{name: "IPv6 UDP", spec: frametest.Spec{Src: v6a, Dst: v6b, Proto: protoUDP, SrcPort: 5353, DstPort: 5353}},
+	{name: "IPv6 ICMPv6", spec: frametest.Spec{Src: v6a, Dst: v6b, Proto: frametest.ProtoICMPv6, Type: 128, Payload: make([]byte, 16)}},
+	{name: "IPv6 hop-by-hop header", spec: frametest.Spec{Src: v6a, Dst: v6b, Ext: []uint8{frametest.HopByHop},
+		Proto: protoTCP, SrcPort: 1, DstPort: 2}},
+	{name: "IPv6 header cut short", spec: frametest.Spec{Src: v6a, Dst: v6b, Proto: protoTCP}, cut: 14 + 39, zero: true},
+	{name: "802.1Q IPv4 TCP", spec: frametest.Spec{VLANs: []uint16{etherVLAN}, Src: v4a, Dst: v4b, Proto: protoTCP,
+		SrcPort: 1000, DstPort: 22}},
+	{name: "802.1ad IPv6 UDP", spec: frametest.Spec{VLANs: []uint16{etherQinQ}, Src: v6a, Dst: v6b, Proto: protoUDP,
+		SrcPort: 1000, DstPort: 22}},
+	{name: "VLAN tag cut short", spec: frametest.Spec{VLANs: []uint16{etherVLAN}, Src: v4a, Dst: v4b, Proto: protoTCP},
+		cut: 16, zero: true},
+	{name: "ARP", spec: frametest.Spec{EtherType: frametest.EtherARP, Payload: make([]byte, 28)}, zero: true},
+	{name: "Ethernet header only", spec: tcp4(0, 0), cut: 14, zero: true},
 }
 
 func TestFlowHashShapes(t *testing.T) {
 	for _, tc := range hashCases {
-		got := FlowHash(tc.spec.build())
+		got := FlowHash(tc.frame())
 		if tc.zero != (got == 0) {
 			t.Errorf("%s: FlowHash %#x, want zero=%v", tc.name, got, tc.zero)
 		}
@@ -130,25 +95,25 @@ func TestFlowHashShapes(t *testing.T) {
 // A flow hashes the same both ways, and fragments of one datagram hash
 // alike; ports and protocol still tell flows apart.
 func TestFlowHashProperties(t *testing.T) {
-	for _, s := range []frameSpec{tcp4(40000, 5201), {ether: etherIPv6, src: v6a, dst: v6b, proto: protoUDP, sport: 9, dport: 4789}} {
+	for _, s := range []frametest.Spec{tcp4(40000, 5201), {Src: v6a, Dst: v6b, Proto: protoUDP, SrcPort: 9, DstPort: 4789}} {
 		r := s
-		r.src, r.dst, r.sport, r.dport = s.dst, s.src, s.dport, s.sport
-		if a, b := FlowHash(s.build()), FlowHash(r.build()); a != b {
-			t.Errorf("%v -> %v: %#x, reverse %#x; want equal", s.src, s.dst, a, b)
+		r.Src, r.Dst, r.SrcPort, r.DstPort = s.Dst, s.Src, s.DstPort, s.SrcPort
+		if a, b := FlowHash(s.Build()), FlowHash(r.Build()); a != b {
+			t.Errorf("%v -> %v: %#x, reverse %#x; want equal", s.Src, s.Dst, a, b)
 		}
 	}
-	first := frameSpec{ether: etherIPv4, src: v4a, dst: v4b, proto: protoUDP, sport: 1, dport: 2, fragOff: 0x2000}
+	first := frametest.Spec{Src: v4a, Dst: v4b, Proto: protoUDP, SrcPort: 1, DstPort: 2, MF: true}
 	later := first
-	later.fragOff, later.sport, later.dport = 185, 0x1234, 0x5678 // payload bytes where ports were
-	if a, b := FlowHash(first.build()), FlowHash(later.build()); a != b {
+	later.MF, later.FragOffset, later.Payload = false, 1480, ports(0x1234, 0x5678) // payload bytes where ports were
+	if a, b := FlowHash(first.Build()), FlowHash(later.Build()); a != b {
 		t.Errorf("fragments of one datagram: %#x and %#x, want equal", a, b)
 	}
 	udp := tcp4(40000, 5201)
-	udp.proto = protoUDP
-	if FlowHash(tcp4(40000, 5201).build()) == FlowHash(udp.build()) {
+	udp.Proto = protoUDP
+	if FlowHash(tcp4(40000, 5201).Build()) == FlowHash(udp.Build()) {
 		t.Error("TCP and UDP flows with the same addresses and ports hash alike")
 	}
-	if FlowHash(tcp4(40000, 5201).build()) == FlowHash(tcp4(40001, 5201).build()) {
+	if FlowHash(tcp4(40000, 5201).Build()) == FlowHash(tcp4(40001, 5201).Build()) {
 		t.Error("flows on neighbouring ports hash alike")
 	}
 }
@@ -160,7 +125,7 @@ func TestFlowHashSpreads(t *testing.T) {
 		count := make([]int, queues)
 		const flows = 4096
 		for i := range flows {
-			count[FlowHash(tcp4(uint16(32768+i), 5201).build())%queues]++
+			count[FlowHash(tcp4(uint16(32768+i), 5201).Build())%queues]++
 		}
 		for q, n := range count {
 			share := float64(n) / flows
@@ -218,10 +183,10 @@ func TestProgramMatchesFlowHash(t *testing.T) {
 		}
 	}
 	for _, tc := range hashCases {
-		if len(tc.spec.build()) < ethLen {
+		if len(tc.frame()) < ethLen {
 			continue // BPF_PROG_TEST_RUN wants an Ethernet header
 		}
-		check(tc.name, tc.spec.build())
+		check(tc.name, tc.frame())
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	ethers := []uint16{etherIPv4, etherIPv6, etherVLAN, etherQinQ, 0x0806}
@@ -275,9 +240,9 @@ func TestLoadWithoutPrivilegesIsTyped(t *testing.T) {
 }
 
 func TestTupleHash(t *testing.T) {
-	for _, s := range []frameSpec{tcp4(40000, 5201), {ether: etherIPv6, src: v6a, dst: v6b, proto: protoUDP, sport: 9, dport: 4789}} {
-		if got, want := TupleHash(s.proto, s.src, s.dst, s.sport, s.dport), FlowHash(s.build()); got != want {
-			t.Errorf("TupleHash(%d, %v, %v, %d, %d) = %#x, FlowHash of the frame %#x", s.proto, s.src, s.dst, s.sport, s.dport, got, want)
+	for _, s := range []frametest.Spec{tcp4(40000, 5201), {Src: v6a, Dst: v6b, Proto: protoUDP, SrcPort: 9, DstPort: 4789}} {
+		if got, want := TupleHash(s.Proto, s.Src, s.Dst, s.SrcPort, s.DstPort), FlowHash(s.Build()); got != want {
+			t.Errorf("TupleHash(%d, %v, %v, %d, %d) = %#x, FlowHash of the frame %#x", s.Proto, s.Src, s.Dst, s.SrcPort, s.DstPort, got, want)
 		}
 	}
 }

@@ -1,13 +1,13 @@
 package ebpf
 
 import (
-	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"golang.org/x/sys/unix"
@@ -108,14 +108,11 @@ func (r *steeringRig) collect() (queue map[int]int, frames map[int][]byte) {
 
 // udpTo reports the source port of an IPv4 UDP frame to port.
 func udpTo(f []byte, port int) (int, bool) {
-	if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:]) != etherIPv4 || f[23] != protoUDP {
+	p, err := frametest.Parse(f)
+	if err != nil || p.V6 || p.Proto != protoUDP || int(p.DstPort) != port {
 		return 0, false
 	}
-	l4 := f[14+int(f[14]&0xf)*4:]
-	if int(binary.BigEndian.Uint16(l4[2:])) != port {
-		return 0, false
-	}
-	return int(binary.BigEndian.Uint16(l4)), true
+	return int(p.SrcPort), true
 }
 
 // reply writes, on queue q, a datagram of flow i from the guest back to
@@ -124,10 +121,9 @@ func udpTo(f []byte, port int) (int, bool) {
 func (r *steeringRig) reply(q, i int) {
 	r.t.Helper()
 	src, dst := netip.MustParseAddr(guestIP), netip.MustParseAddr(hostIP)
-	f := frameSpec{ether: etherIPv4, src: src, dst: dst, proto: protoUDP, sport: dstPort, dport: uint16(40000 + i)}.build()
 	gmac, _ := net.ParseMAC(guestMAC)
-	copy(f[0:6], r.mac)
-	copy(f[6:12], gmac)
+	f := frametest.Spec{SrcMAC: gmac, DstMAC: r.mac, Src: src, Dst: dst, Proto: protoUDP, SrcPort: dstPort,
+		DstPort: uint16(40000 + i), Payload: []byte("reply")}.Build()
 	msg := append(make([]byte, virtio.HdrLenV1), f...)
 	if _, err := unix.Write(int(r.tap.Queue(q).File().Fd()), msg); err != nil {
 		r.t.Fatalf("write reply of flow %d on queue %d: %v", i, q, err)
