@@ -2,12 +2,14 @@ package testutil
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"time"
+
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 )
 
 // ARPExchange proves that TAP queue files carry traffic both ways: it
@@ -17,19 +19,13 @@ import (
 // TAP (a bridge or the TAP itself) to own dstIP. The files must be
 // non-blocking, as TAP queue files are; their read deadlines are changed.
 func ARPExchange(files []*os.File, hdrLen int, srcMAC net.HardwareAddr, srcIP, dstIP net.IP, timeout time.Duration) error {
-	src4, dst4 := srcIP.To4(), dstIP.To4()
-	if len(files) == 0 || len(srcMAC) != 6 || src4 == nil || dst4 == nil {
+	src4, ok4 := netip.AddrFromSlice(srcIP.To4())
+	dst4, ok := netip.AddrFromSlice(dstIP.To4())
+	if len(files) == 0 || len(srcMAC) != 6 || !ok4 || !ok {
 		return errors.New("arp exchange: want files, a 6-byte MAC and two IPv4 addresses")
 	}
-	req := make([]byte, hdrLen, hdrLen+42)
-	req = append(req, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-	req = append(req, srcMAC...)
-	req = binary.BigEndian.AppendUint16(req, 0x0806)
-	req = append(req, 0, 1, 8, 0, 6, 4, 0, 1) // Ethernet, IPv4, request
-	req = append(req, srcMAC...)
-	req = append(req, src4...)
-	req = append(req, 0, 0, 0, 0, 0, 0)
-	req = append(req, dst4...)
+	req := append(make([]byte, hdrLen), frametest.ARP{Op: frametest.ARPRequest, SenderMAC: srcMAC,
+		SenderIP: src4, TargetIP: dst4}.Build()...)
 
 	deadline := time.Now().Add(timeout)
 	found := make(chan int, len(files))
@@ -66,11 +62,10 @@ func ARPExchange(files []*os.File, hdrLen int, srcMAC net.HardwareAddr, srcIP, d
 	return fmt.Errorf("arp exchange: no reply from %s to %s within %s", dstIP, srcMAC, timeout)
 }
 
-func isARPReply(b []byte, hdrLen int, mac net.HardwareAddr, from net.IP) bool {
-	if len(b) < hdrLen+42 {
+func isARPReply(b []byte, hdrLen int, mac net.HardwareAddr, from netip.Addr) bool {
+	if len(b) < hdrLen {
 		return false
 	}
-	f := b[hdrLen:]
-	return binary.BigEndian.Uint16(f[12:14]) == 0x0806 && binary.BigEndian.Uint16(f[20:22]) == 2 &&
-		bytes.Equal(f[28:32], from) && bytes.Equal(f[32:38], mac)
+	a, err := frametest.ParseARP(b[hdrLen:])
+	return err == nil && a.Op == frametest.ARPReply && a.SenderIP == from && bytes.Equal(a.TargetMAC, mac)
 }
