@@ -51,9 +51,8 @@ func (c *ctrlCounters) snapshot() CtrlStats {
 type ctrlQueue struct {
 	d     *Device
 	log   hclog.Logger
+	s     *slot
 	q     virtio.Queue
-	kick  *engine.EventFD
-	call  engine.Notifier
 	stop  *engine.EventFD
 	done  chan struct{}
 	chain virtio.Chain
@@ -61,14 +60,14 @@ type ctrlQueue struct {
 	bad   droplog.Limiter
 }
 
-func newCtrlQueue(d *Device, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) (*ctrlQueue, error) {
+func newCtrlQueue(d *Device, s *slot) (*ctrlQueue, error) {
 	stop, err := engine.NewEventFD()
 	if err != nil {
 		return nil, fmt.Errorf("start control queue: %w", err)
 	}
 	log := d.log.Named("ctrl")
 	c := &ctrlQueue{
-		d: d, log: log, q: q, kick: kick, call: call, stop: stop,
+		d: d, log: log, s: s, q: s.q, stop: stop,
 		done: make(chan struct{}),
 		buf:  make([]byte, 0, 256),
 		bad:  droplog.Limiter{Log: log},
@@ -85,6 +84,7 @@ func (c *ctrlQueue) halt() {
 	}
 	<-c.done
 	c.stop.Close()
+	c.s.close()
 }
 
 func (c *ctrlQueue) run() {
@@ -102,7 +102,7 @@ func (c *ctrlQueue) run() {
 func (c *ctrlQueue) serve() error {
 	// Commands may have been posted before the kick was wired.
 	c.process()
-	fds := []unix.PollFd{{Fd: int32(c.kick.Fd()), Events: unix.POLLIN}, {Fd: int32(c.stop.Fd()), Events: unix.POLLIN}}
+	fds := []unix.PollFd{{Fd: int32(c.s.kick.Fd()), Events: unix.POLLIN}, {Fd: int32(c.stop.Fd()), Events: unix.POLLIN}}
 	for {
 		fds[0].Revents, fds[1].Revents = 0, 0
 		if _, err := unix.Poll(fds, -1); err != nil {
@@ -119,7 +119,7 @@ func (c *ctrlQueue) serve() error {
 			c.log.Error("control queue stopped: kick eventfd unusable", "revents", fds[0].Revents)
 			return nil
 		}
-		c.kick.Drain()
+		c.s.kick.Drain()
 		c.d.ctrlCtr.kicks.Add(1)
 		c.process()
 	}
@@ -179,7 +179,7 @@ func (c *ctrlQueue) process() {
 	}
 	c.q.Flush()
 	if c.q.NeedsInterrupt() {
-		if err := c.call.Notify(); err != nil {
+		if err := c.s.call.Notify(); err != nil {
 			c.log.Warn("control queue interrupt failed", "error", err)
 		}
 	}
@@ -205,20 +205,12 @@ func (c *ctrlQueue) push(written uint32) {
 	}
 }
 
-// startCtrl serves the control queue. d.mu is held.
-func (d *Device) startCtrl(q virtio.Queue, kick *engine.EventFD, call engine.Notifier) error {
-	index := 2 * len(d.pairs)
-	switch {
-	case !d.ackedOK:
-		return fmt.Errorf("start control queue %d: features not set", index)
-	case !d.acked.Has(virtio.NetFCtrlVQ):
-		return fmt.Errorf("start control queue %d: CTRL_VQ not negotiated", index)
-	case d.ctrl != nil:
-		return fmt.Errorf("start control queue %d: already started", index)
-	case q == nil || kick == nil || call == nil:
-		return fmt.Errorf("start control queue %d: a queue, a kick eventfd and a call notifier are required", index)
+// startCtrl serves control virtqueue index on s. d.mu is held.
+func (d *Device) startCtrl(index int, s *slot) error {
+	if _, ok := s.call.(noCall); ok {
+		return fmt.Errorf("start control queue %d: a call eventfd is required", index)
 	}
-	c, err := newCtrlQueue(d, q, kick, call)
+	c, err := newCtrlQueue(d, s)
 	if err != nil {
 		return err
 	}
@@ -235,7 +227,7 @@ func (d *Device) stopCtrl() (virtio.Queue, error) {
 	d.ctrl = nil
 	d.mu.Unlock()
 	if c == nil {
-		return nil, fmt.Errorf("stop control queue %d: not started", 2*len(d.pairs))
+		return nil, errors.New("stop control queue: not started")
 	}
 	c.halt()
 	return c.q, nil

@@ -100,7 +100,7 @@ func TestControlQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cfgIRQ.Close()
-	d, tp, ns := newTestDevice(t, 4, Options{ControlQueue: true, ConfigChanged: cfgIRQ})
+	d, tp, ns := newTestDevice(t, 4, Options{ControlQueue: true, ConfigInterrupt: cfgIRQ.File()})
 	if f := d.Features(); !f.Has(ctrlFeatures | virtio.NetFMQ) {
 		t.Errorf("offered %v: want the control features and MQ", f)
 	}
@@ -115,15 +115,15 @@ func TestControlQueue(t *testing.T) {
 	}
 	for i := 0; i < 8; i++ {
 		r := newRing(t)
-		if err := d.StartQueue(i, r.q, r.kick, r.call); err != nil {
+		if err := d.startQueue(i, r.q, r.kick.File(), r.call.File()); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ctrl := newRingSlots(t, maxCtrlLen+4096)
-	if err := d.StartQueue(8, ctrl.q, ctrl.kick, ctrl.call); err != nil {
+	if err := d.startQueue(8, ctrl.q, ctrl.kick.File(), ctrl.call.File()); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.StartQueue(8, ctrl.q, ctrl.kick, ctrl.call); err == nil {
+	if err := d.startQueue(8, ctrl.q, ctrl.kick.File(), ctrl.call.File()); err == nil {
 		t.Error("starting the started control queue: got nil error")
 	}
 	if n := attached(t, tp); n != 1 || d.ActivePairs() != 1 {
@@ -256,11 +256,11 @@ func TestControlQueue(t *testing.T) {
 		t.Errorf("control stats %+v: want %d commands, %d errors, 1 bad chain, some kicks", st, ok, bad)
 	}
 
-	q, err := d.StopQueue(8)
+	q, err := d.stopQueue(8)
 	if err != nil || q != ctrl.q {
 		t.Fatalf("StopQueue(8): %v, %v; want the control queue", q, err)
 	}
-	if _, err := d.StopQueue(8); err == nil {
+	if _, err := d.stopQueue(8); err == nil {
 		t.Error("stopping the stopped control queue: got nil error")
 	}
 	d.Reset()
@@ -272,15 +272,15 @@ func TestControlQueue(t *testing.T) {
 	}
 }
 
-// Without CTRL_VQ acked, the control queue cannot start, and the device
-// uses every pair whose rings run, as with a vhost-user front-end.
+// Without CTRL_VQ acked, the control queue cannot start; without MQ the
+// driver has the first pair only.
 func TestControlQueueNotNegotiated(t *testing.T) {
 	d, tp, _ := newTestDevice(t, 2, Options{ControlQueue: true})
 	if err := d.SetFeatures(virtio.FVersion1 | virtio.NetFMrgRxbuf); err != nil {
 		t.Fatal(err)
 	}
 	r := newRing(t)
-	if err := d.StartQueue(4, r.q, r.kick, r.call); err == nil {
+	if err := d.startQueue(4, r.q, r.kick.File(), r.call.File()); err == nil {
 		t.Error("control queue without CTRL_VQ: got nil error")
 	}
 	if err := d.SetFeatures(virtio.FVersion1 | virtio.NetFMQ); err == nil {
@@ -289,13 +289,20 @@ func TestControlQueueNotNegotiated(t *testing.T) {
 	if err := d.SetFeatures(virtio.FVersion1 | virtio.NetFMrgRxbuf); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 4; i++ {
+	for i := 0; i < 2; i++ {
 		r := newRing(t)
-		if err := d.StartQueue(i, r.q, r.kick, r.call); err != nil {
+		if err := d.startQueue(i, r.q, r.kick.File(), r.call.File()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Without MQ the driver uses one pair (virtio 1.2 §5.1.6.5.5).
+	// Without MQ the driver has one pair (virtio 1.2 §5.1.2): the rings
+	// of the others do not exist.
+	for i := 2; i < 4; i++ {
+		r := newRing(t)
+		if err := d.startQueue(i, r.q, r.kick.File(), r.call.File()); err == nil {
+			t.Errorf("queue %d without MQ: got nil error", i)
+		}
+	}
 	if n := attached(t, tp); n != 1 {
 		t.Errorf("no MQ: %d TAP queues attached, want 1", n)
 	}
@@ -309,14 +316,14 @@ func TestLinkStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cfgIRQ.Close()
-	d, tp, ns := newTestDevice(t, 1, Options{ConfigChanged: cfgIRQ})
+	d, tp, ns := newTestDevice(t, 1, Options{ConfigInterrupt: cfgIRQ.File()})
 	if d.Config().Status&virtio.LinkUp != 0 {
 		t.Error("TAP down: config status has LINK_UP")
 	}
 	// A device made over a TAP that is up says so at once, and raises no
 	// interrupt for it: the driver reads the config when it starts.
 	testutil.Exec(t, ns, "ip", "link", "set", tp.Name(), "up")
-	d2, err := New(Options{TAP: tp, ConfigChanged: cfgIRQ})
+	d2, err := New(Options{TAP: tp, ConfigInterrupt: cfgIRQ.File()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +385,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 		if err := d.SetFeatures(ctrlAcked); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.StartQueue(4, r.q, r.kick, r.call); err != nil {
+		if err := d.startQueue(4, r.q, r.kick.File(), r.call.File()); err != nil {
 			t.Fatal(err)
 		}
 		d.Close()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
@@ -20,10 +22,11 @@ import (
 // ringFeatures are the transport features vmnet's virtqueues implement.
 const ringFeatures = virtio.FVersion1 | virtio.FIndirectDesc | virtio.FEventIdx | virtio.FRingPacked
 
-// Options configure a Device.
+// Options configure a Device. Only TAP is required.
 type Options struct {
-	// TAP is the device the queue pairs read and write; one queue pair
-	// per TAP queue. The caller owns it and closes it after the Device.
+	// TAP is the device the queue pairs read and write: one queue pair per
+	// TAP queue (tap.Options.Queues). The caller owns it and closes it
+	// after Device.Close.
 	TAP *tap.Device
 
 	// MAC is the guest's address in the config space. nil picks a random
@@ -31,12 +34,21 @@ type Options struct {
 	MAC net.HardwareAddr
 
 	// MTU is offered with VIRTIO_NET_F_MTU. 0 offers none (the guest
-	// assumes 1500).
+	// assumes 1500). It does not change the TAP's own MTU.
 	MTU int
 
-	// Offloads restricts the offloads offered (--offloads); the zero value
-	// is "auto".
+	// Offloads restricts the offloads offered (vmnet-helper --offloads);
+	// the zero value offers every offload the TAP's kernel takes.
 	Offloads offload.OfferList
+
+	// Steering is how the TAP spreads the frames it sends to the guest
+	// across the queue pairs. The zero value (ebpf.SteeringAuto) attaches
+	// the hash program to a multi-queue TAP, which keeps each flow on one
+	// queue pair, and falls back to the kernel's own steering, with one
+	// log line, where the program cannot be loaded (no CAP_BPF);
+	// ebpf.SteeringHash fails New instead; ebpf.SteeringKernel detaches
+	// any program. See SetSteering.
+	Steering ebpf.Steering
 
 	// BusyPoll is each queue pair's busy-poll window (engine.Config).
 	BusyPoll time.Duration
@@ -46,33 +58,41 @@ type Options struct {
 	// batches them through io_uring where the kernel allows.
 	NoIOURing bool
 
-	// ControlQueue makes the device serve its control virtqueue (number
-	// 2×Pairs) itself, as an embedding VMM needs: it then offers CTRL_VQ,
-	// CTRL_RX, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS and GUEST_ANNOUNCE, uses
-	// only the first queue pair until the driver asks for more
-	// (VQ_PAIRS_SET), and applies GUEST_OFFLOADS_SET to the TAP. The zero
-	// value leaves the control queue to the transport, as vhost-user
-	// front-ends (QEMU, cloud-hypervisor, DPDK's virtio-user) serve it
-	// themselves and tell the device which rings run; VhostUser never
-	// offers it.
+	// ControlQueue makes the device serve its control virtqueue itself, as
+	// an embedding VMM needs: it then offers CTRL_VQ, CTRL_RX,
+	// CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS and GUEST_ANNOUNCE, uses only the
+	// first queue pair until the driver asks for more (VQ_PAIRS_SET), and
+	// applies GUEST_OFFLOADS_SET to the TAP. The zero value leaves the
+	// control queue to the transport, as vhost-user front-ends (QEMU,
+	// cloud-hypervisor, DPDK's virtio-user) serve it themselves; VhostUser
+	// never offers it.
 	ControlQueue bool
 
-	// ConfigChanged is the configuration change interrupt: the device
-	// notifies it after the config space changed (the link went up or
-	// down, an announce was requested). nil: the driver is not told.
-	ConfigChanged engine.Notifier
+	// ConfigInterrupt is an eventfd the device signals after the config
+	// space changed (the link went up or down, an announce was requested):
+	// the VMM's configuration change interrupt (an irqfd, say). New
+	// duplicates it; the caller keeps its own file. nil: the driver is not
+	// told.
+	ConfigInterrupt *os.File
 
 	// Logger receives log lines; nil means none.
 	Logger hclog.Logger
 }
 
-// Device is a virtio-net device backed by a TAP. Its methods are safe for
-// concurrent use.
+// Device is a virtio-net device backed by a multi-queue TAP. Its methods
+// are safe for concurrent use.
+//
+// Its life follows the driver's (virtio 1.2 §3.1): New, then Features (the
+// offer), SetFeatures at FEATURES_OK, Activate at DRIVER_OK, Reset when the
+// driver resets the device (then SetFeatures and Activate again), and
+// Close when the device goes away.
 type Device struct {
 	opts     Options
 	log      hclog.Logger
 	offered  virtio.Features
 	txCaps   offload.TXCaps
+	steering ebpf.Steering
+	cfgIRQ   *engine.EventFD // nil without Options.ConfigInterrupt
 	pairs    []pair
 	counters []*engine.Counters
 
@@ -86,6 +106,7 @@ type Device struct {
 	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
 	ctrl    *ctrlQueue // the control queue's server, while it runs
 	rxMode  RXMode
+	closed  bool
 }
 
 // RXMode is what the driver asked of the receive filter with the CTRL_RX
@@ -104,14 +125,10 @@ type pair struct {
 	run *engine.QueuePair
 }
 
-// slot is one started virtqueue.
-type slot struct {
-	q    virtio.Queue
-	kick *engine.EventFD
-	call engine.Notifier
-}
-
-// New makes a device over opts.TAP with one queue pair per TAP queue.
+// New makes a device over opts.TAP with one queue pair per TAP queue,
+// sets the TAP's steering (Options.Steering), and watches the TAP's link
+// state until Close. The TAP's queues are detached from traffic until the
+// driver starts their rings.
 func New(opts Options) (*Device, error) {
 	if opts.TAP == nil {
 		return nil, errors.New("new net device: no TAP device")
@@ -142,10 +159,11 @@ func New(opts Options) (*Device, error) {
 	for i := range d.counters {
 		d.counters[i] = new(engine.Counters)
 	}
-	tapFeatures := opts.TAP.DriverFeatures()
+	drv := opts.TAP.DriverFeatures()
+	offer := offload.OfferOptions{List: opts.Offloads}
 	d.offered = ringFeatures | virtio.NetFMrgRxbuf | virtio.NetFMAC | virtio.NetFStatus |
-		offload.Offer(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
-	d.txCaps = offload.TXCapsFor(tapFeatures.Offloads, tapFeatures.OffloadsProbed, offload.OfferOptions{List: opts.Offloads})
+		offload.Offer(drv.Offloads, drv.OffloadsProbed, offer)
+	d.txCaps = offload.TXCapsFor(drv.Offloads, drv.OffloadsProbed, offer)
 	if opts.MTU != 0 {
 		d.offered |= virtio.NetFMTU
 	}
@@ -164,6 +182,15 @@ func New(opts Options) (*Device, error) {
 			}
 		}
 	}
+	var err error
+	if d.steering, err = SetSteering(opts.TAP, opts.Steering, d.log); err != nil {
+		return nil, fmt.Errorf("new net device: %w", err)
+	}
+	if opts.ConfigInterrupt != nil {
+		if d.cfgIRQ, err = dupEventFD(opts.ConfigInterrupt); err != nil {
+			return nil, fmt.Errorf("new net device: config interrupt: %w", err)
+		}
+	}
 	copy(d.config.MAC[:], opts.MAC)
 	d.config.MaxVirtqueuePairs = uint16(n)
 	d.config.MTU = uint16(opts.MTU)
@@ -180,6 +207,7 @@ func New(opts Options) (*Device, error) {
 	first := true
 	if err := opts.TAP.WatchLink(ctx, func(st tap.LinkState) { d.linkChanged(st, !first); first = false }); err != nil {
 		cancel()
+		d.closeConfigIRQ()
 		return nil, fmt.Errorf("new net device: %w", err)
 	}
 	d.stopWatch = cancel
@@ -205,29 +233,50 @@ func (d *Device) linkChanged(st tap.LinkState, notify bool) {
 
 // notifyConfig raises the configuration change interrupt, if there is one.
 func (d *Device) notifyConfig() {
-	if d.opts.ConfigChanged == nil {
+	if d.cfgIRQ == nil {
 		return
 	}
-	if err := d.opts.ConfigChanged.Notify(); err != nil {
+	if err := d.cfgIRQ.Notify(); err != nil {
 		d.log.Warn("config change interrupt failed", "error", err)
 	}
 }
 
-// Close stops watching the TAP and resets the device: every queue stops.
-// The TAP stays open (it is the caller's). Close is idempotent.
-func (d *Device) Close() {
-	d.stopWatch()
-	d.Reset()
+func (d *Device) closeConfigIRQ() {
+	if d.cfgIRQ != nil {
+		d.cfgIRQ.Close()
+	}
 }
 
-// Features are the features the device offers.
+// Close stops every queue, stops watching the TAP and closes the files
+// the device duplicated. The TAP stays open (it is the caller's), with
+// its steering as New set it. Close is idempotent; the device cannot be
+// used afterwards.
+func (d *Device) Close() {
+	d.Reset()
+	d.mu.Lock()
+	closed := d.closed
+	d.closed = true
+	d.mu.Unlock()
+	if closed {
+		return
+	}
+	d.stopWatch()
+	d.closeConfigIRQ()
+}
+
+// Features are the features the device offers (device_features).
 func (d *Device) Features() virtio.Features { return d.offered }
 
-// Pairs is the number of queue pairs.
+// Steering is the steering in effect on the TAP: Options.Steering with
+// auto resolved.
+func (d *Device) Steering() ebpf.Steering { return d.steering }
+
+// Pairs is the number of queue pairs: max_virtqueue_pairs.
 func (d *Device) Pairs() int { return len(d.pairs) }
 
-// Queues is the number of virtqueues: two per pair, and the control
-// queue (the last) with Options.ControlQueue.
+// Queues is the number of virtqueues the device has (virtio-pci's
+// num_queues): two per pair, and the control queue with
+// Options.ControlQueue.
 func (d *Device) Queues() int {
 	if d.opts.ControlQueue {
 		return 2*len(d.pairs) + 1
@@ -254,20 +303,69 @@ func (d *Device) RXMode() RXMode {
 // CtrlStats are the control queue's counters.
 func (d *Device) CtrlStats() CtrlStats { return d.ctrlCtr.snapshot() }
 
-// Config is the device's config space.
+// Config is the device's config space (struct virtio_net_config), for a
+// transport that keeps its own copy; ReadConfig reads it by offset.
 func (d *Device) Config() virtio.NetConfig {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.config
 }
 
+// MAC is the guest's MAC address now: Options.MAC, or what the driver set
+// since (CTRL_MAC_ADDR, a config space write).
+func (d *Device) MAC() net.HardwareAddr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append(net.HardwareAddr(nil), d.config.MAC[:]...)
+}
+
+// ReadConfig reads len(b) bytes of the config space from offset off, as a
+// driver's access to the device-specific configuration does (virtio-pci's
+// device_cfg). Fields the offered features leave out read as zero.
+func (d *Device) ReadConfig(off int, b []byte) error {
+	cfg := d.Config()
+	return cfg.ReadWindow(b, off, d.offered, virtio.LittleEndian)
+}
+
+// WriteConfig writes b to the config space at offset off. A driver may
+// write only the MAC (legacy drivers without CTRL_MAC_ADDR, virtio 1.2
+// §5.1.4); anything else is refused.
+func (d *Device) WriteConfig(off int, b []byte) error {
+	return d.writeConfig(off, b, false)
+}
+
+// writeConfig writes the config space; migration lifts the read-only rule
+// (vhost-user SET_CONFIG from a migration stream).
+func (d *Device) writeConfig(off int, b []byte, migration bool) error {
+	end := off + len(b)
+	if off < 0 || end > 6 && !migration {
+		return fmt.Errorf("write config: bytes %d to %d are read-only", off, end)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var buf [virtio.NetConfigMaxLen]byte
+	if err := d.config.Encode(buf[:], virtio.LittleEndian); err != nil {
+		return err
+	}
+	if end > len(buf) {
+		return fmt.Errorf("write config: bytes %d to %d outside the %d-byte config", off, end, len(buf))
+	}
+	copy(buf[off:], b)
+	return d.config.Decode(buf[:], virtio.LittleEndian)
+}
+
 // Counters returns the statistics of queue pair i, which live as long as
 // the Device, across restarts.
 func (d *Device) Counters(i int) *engine.Counters { return d.counters[i] }
 
-// SetFeatures takes the features the driver acked: it sets the TAP's vnet
-// header size to the header they imply and asks the kernel for the receive
-// offloads the guest can take (TUNSETOFFLOAD). No queue may be running.
+// SetFeatures takes the features the driver acked, at FEATURES_OK: it
+// checks them against the offer and the spec's dependency rules (virtio
+// 1.2 §5.1.3.1), sets the TAP's vnet header size to the header they imply,
+// and asks the kernel for the receive offloads the guest can take
+// (TUNSETOFFLOAD). The acked features decide everything Activate builds:
+// split or packed rings, EVENT_IDX, the header size, how many queue pairs
+// and where the control queue is. It fails while the device is active
+// (after Activate, before Reset).
 func (d *Device) SetFeatures(acked virtio.Features) error {
 	if extra := acked &^ d.offered; extra != 0 {
 		return fmt.Errorf("set features: %v: %w", extra, &virtio.NotOfferedError{Bits: extra})
@@ -284,10 +382,8 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for i := range d.pairs {
-		if d.pairs[i].run != nil {
-			return fmt.Errorf("set features: queue pair %d is running", i)
-		}
+	if i := d.running(); i >= 0 {
+		return fmt.Errorf("set features: queue %d is running", i)
 	}
 	if err := d.opts.TAP.SetVnetHdrSize(virtio.HdrLenFor(acked)); err != nil {
 		return fmt.Errorf("set features: %w", err)
@@ -299,7 +395,7 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	d.ackedOK = true
 	// virtio 1.2 §5.1.6.5.5: multiqueue starts disabled; the driver
 	// enables more pairs with VQ_PAIRS_SET.
-	d.active = len(d.pairs)
+	d.active = d.usablePairs()
 	if d.opts.ControlQueue {
 		d.active = 1
 	}
@@ -307,8 +403,47 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	return nil
 }
 
+// usablePairs is how many queue pairs the driver may use. Where the
+// device serves the control queue it talks to the driver itself, and the
+// spec's rule holds: max_virtqueue_pairs with VIRTIO_NET_F_MQ, one without
+// (virtio 1.2 §5.1.2). Where the transport serves it (vhost-user), the
+// transport decides which rings run, and does not pass MQ on (QEMU keeps
+// it for its own control queue): every pair may. d.mu is held.
+func (d *Device) usablePairs() int {
+	if !d.opts.ControlQueue || d.acked.Has(virtio.NetFMQ) {
+		return len(d.pairs)
+	}
+	return 1
+}
+
+// ctrlIndex is the control queue's virtqueue number for the acked
+// features (virtio 1.2 §5.1.2: 2N, N the usable pairs), or -1 where the
+// device does not serve it. d.mu is held.
+func (d *Device) ctrlIndex() int {
+	if !d.opts.ControlQueue || !d.acked.Has(virtio.NetFCtrlVQ) {
+		return -1
+	}
+	return 2 * d.usablePairs()
+}
+
+// running returns the number of a virtqueue that runs, or -1. d.mu is held.
+func (d *Device) running() int {
+	if d.ctrl != nil {
+		return d.ctrlIndex()
+	}
+	for i := range d.pairs {
+		for dir, s := range d.pairs[i].q {
+			if s != nil {
+				return 2*i + dir
+			}
+		}
+	}
+	return -1
+}
+
 // SetGuestOffloads applies VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET: the receive
-// offloads the guest wants now (ethtool -K in the guest).
+// offloads the guest wants now (ethtool -K in the guest), for a transport
+// that serves the control queue itself.
 func (d *Device) SetGuestOffloads(bits uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -323,120 +458,33 @@ func (d *Device) setGuestOffloads(bits uint64) error {
 	return d.opts.TAP.SetOffload(flags)
 }
 
-// StartQueue starts virtqueue index (2N: RX of pair N, 2N+1: TX) with its
-// kick eventfd and call notifier. The pair's engine starts once both of its
-// queues are started. The Device uses kick only until StopQueue.
-func (d *Device) StartQueue(index int, q virtio.Queue, kick *engine.EventFD, call engine.Notifier) error {
+// Reset is the driver's device reset (writing 0 to device_status), or
+// the transport going away: every queue stops, the acked features are
+// forgotten and what the driver changed in the config space goes back to
+// what New set. It returns where each virtqueue stopped, by virtqueue
+// number (Queues() of them; the zero QueueState for one that did not
+// run): what a VMM saves to restore the rings later with
+// QueueConfig.Resume (a snapshot, a migration). Frames the guest had
+// posted and the device not yet used stay posted.
+func (d *Device) Reset() []QueueState {
+	states := make([]QueueState, d.Queues())
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.isCtrl(index) {
-		return d.startCtrl(q, kick, call)
+	ci := d.ctrlIndex()
+	d.mu.Unlock()
+	if q, err := d.stopCtrl(); err == nil && ci >= 0 && ci < len(states) {
+		states[ci] = stateOf(q)
 	}
-	p, dir, err := d.pairOf(index)
-	if err != nil {
-		return err
-	}
-	if !d.ackedOK {
-		return fmt.Errorf("start queue %d: features not set", index)
-	}
-	if p.q[dir] != nil {
-		return fmt.Errorf("start queue %d: already started", index)
-	}
-	p.q[dir] = &slot{q: q, kick: kick, call: call}
-	return d.startPair(index / 2)
-}
-
-// startPair runs pair i's engine if both its queues are started.
-func (d *Device) startPair(i int) error {
-	p := &d.pairs[i]
-	if p.q[0] == nil || p.q[1] == nil || p.run != nil || i >= d.active {
-		return nil
-	}
-	tq, err := d.opts.TAP.OpenQueue(i)
-	if err != nil {
-		return fmt.Errorf("start queue pair %d: %w", i, err)
-	}
-	if err := d.opts.TAP.EnableQueue(i); err != nil {
-		return fmt.Errorf("start queue pair %d: %w", i, err)
-	}
-	qp, err := engine.New(engine.Config{
-		Index:     i,
-		RX:        p.q[0].q,
-		TX:        p.q[1].q,
-		RXKick:    p.q[0].kick,
-		TXKick:    p.q[1].kick,
-		RXCall:    p.q[0].call,
-		TXCall:    p.q[1].call,
-		TAP:       tq.File(),
-		HdrLen:    virtio.HdrLenFor(d.acked),
-		Features:  d.acked,
-		MTU:       d.opts.MTU,
-		BusyPoll:  d.opts.BusyPoll,
-		NoIOURing: d.opts.NoIOURing,
-		// USO frames the kernel cannot take (before Linux 6.2) are
-		// segmented in software, as Offer promised.
-		NoUSO:    !d.txCaps.USO,
-		Counters: d.counters[i],
-		Logger:   d.log,
-	})
-	if err != nil {
-		return fmt.Errorf("start queue pair %d: %w", i, err)
-	}
-	if err := qp.Start(); err != nil {
-		return err
-	}
-	p.run = qp
-	d.log.Debug("queue pair started", "queue", i)
-	return nil
-}
-
-// StopQueue stops virtqueue index and its pair's engine, and returns the
-// queue, whose NextAvail (and NextUsed) say where it stopped. The TAP
-// queue is detached so the kernel stops steering frames to it.
-func (d *Device) StopQueue(index int) (virtio.Queue, error) {
-	if d.isCtrl(index) {
-		return d.stopCtrl()
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	p, dir, err := d.pairOf(index)
-	if err != nil {
-		return nil, err
-	}
-	s := p.q[dir]
-	if s == nil {
-		return nil, fmt.Errorf("stop queue %d: not started", index)
-	}
-	err = d.stopPair(index / 2)
-	p.q[dir] = nil
-	return s.q, err
-}
-
-// stopPair stops pair i's engine, if it runs, and detaches its TAP queue
-// so the kernel stops steering frames to it.
-func (d *Device) stopPair(i int) error {
-	p := &d.pairs[i]
-	if p.run == nil {
-		return nil
-	}
-	errs := []error{p.run.Stop()}
-	p.run = nil
-	if err := d.opts.TAP.DisableQueue(i); err != nil {
-		errs = append(errs, err)
-	}
-	d.log.Debug("queue pair stopped", "queue", i)
-	return errors.Join(errs...)
-}
-
-// Reset stops every queue pair and forgets the acked features: the driver
-// reset the device, or the front-end went away.
-func (d *Device) Reset() {
-	d.stopCtrl()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range d.pairs {
 		if err := d.stopPair(i); err != nil {
 			d.log.Warn("stop queue pair on reset", "queue", i, "error", err)
+		}
+		for dir, s := range d.pairs[i].q {
+			if s != nil {
+				states[2*i+dir] = stateOf(s.q)
+				s.close()
+			}
 		}
 		d.pairs[i].q = [2]*slot{}
 	}
@@ -447,17 +495,5 @@ func (d *Device) Reset() {
 	copy(d.config.MAC[:], d.opts.MAC)
 	d.config.Status &^= virtio.Announce
 	d.rxMode = RXMode{}
-}
-
-// isCtrl reports whether virtqueue index is the control queue the device
-// serves.
-func (d *Device) isCtrl(index int) bool {
-	return d.opts.ControlQueue && index == 2*len(d.pairs)
-}
-
-func (d *Device) pairOf(index int) (*pair, int, error) {
-	if index < 0 || index >= 2*len(d.pairs) {
-		return nil, 0, fmt.Errorf("queue %d: out of range [0, %d)", index, 2*len(d.pairs))
-	}
-	return &d.pairs[index/2], index % 2, nil
+	return states
 }

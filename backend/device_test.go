@@ -134,43 +134,43 @@ func TestQueuePairLifecycle(t *testing.T) {
 	if info, _ := tp.Info(); info.Queues != 0 {
 		t.Fatalf("before any ring starts: %d TAP queues attached, want 0", info.Queues)
 	}
-	if err := d.StartQueue(0, newRing(t).q, nil, nil); err == nil {
+	if err := d.startQueue(0, newRing(t).q, nil, nil); err == nil {
 		t.Fatal("StartQueue before SetFeatures: got nil error")
 	}
 	if err := d.SetFeatures(virtio.FVersion1 | virtio.NetFMrgRxbuf); err != nil {
 		t.Fatal(err)
 	}
 	rx, tx := newRing(t), newRing(t)
-	if err := d.StartQueue(2, rx.q, rx.kick, rx.call); err != nil {
+	if err := d.startQueue(2, rx.q, rx.kick.File(), rx.call.File()); err != nil {
 		t.Fatal(err)
 	}
 	if info, _ := tp.Info(); info.Queues != 0 {
 		t.Errorf("RX ring only: %d TAP queues attached, want 0", info.Queues)
 	}
-	if err := d.StartQueue(3, tx.q, tx.kick, tx.call); err != nil {
+	if err := d.startQueue(3, tx.q, tx.kick.File(), tx.call.File()); err != nil {
 		t.Fatal(err)
 	}
 	if info, _ := tp.Info(); info.Queues != 1 {
 		t.Errorf("pair 1 running: %d TAP queues attached, want 1", info.Queues)
 	}
-	if err := d.StartQueue(3, tx.q, tx.kick, tx.call); err == nil {
+	if err := d.startQueue(3, tx.q, tx.kick.File(), tx.call.File()); err == nil {
 		t.Error("starting a started ring: got nil error")
 	}
-	if err := d.StartQueue(4, tx.q, tx.kick, tx.call); err == nil {
+	if err := d.startQueue(4, tx.q, tx.kick.File(), tx.call.File()); err == nil {
 		t.Error("ring 4 of 2 pairs: got nil error")
 	}
-	q, err := d.StopQueue(3)
+	q, err := d.stopQueue(3)
 	if err != nil || q != tx.q {
 		t.Fatalf("StopQueue(3): %v, %v", q, err)
 	}
 	if info, _ := tp.Info(); info.Queues != 0 {
 		t.Errorf("pair 1 stopped: %d TAP queues attached, want 0", info.Queues)
 	}
-	if _, err := d.StopQueue(3); err == nil {
+	if _, err := d.stopQueue(3); err == nil {
 		t.Error("stopping a stopped ring: got nil error")
 	}
 	d.Reset()
-	if err := d.StartQueue(3, tx.q, tx.kick, tx.call); err == nil {
+	if err := d.startQueue(3, tx.q, tx.kick.File(), tx.call.File()); err == nil {
 		t.Error("StartQueue after Reset without SetFeatures: got nil error")
 	}
 }

@@ -16,6 +16,10 @@ import (
 type Steering string
 
 const (
+	// SteeringAuto, the zero value, is SteeringHash on a TAP with several
+	// queues and SteeringKernel on one with a single queue, or where the
+	// program cannot be loaded (no CAP_BPF).
+	SteeringAuto Steering = ""
 	// SteeringKernel leaves the choice to tun.c's flow table: a flow
 	// follows the queue the guest last sent it on. No program runs.
 	SteeringKernel Steering = "kernel"
@@ -24,15 +28,17 @@ const (
 	SteeringHash Steering = "hash"
 )
 
-// ParseSteering reads a --steering value. "none" is SteeringKernel.
+// ParseSteering reads a --steering value: auto, kernel (or none) or hash.
 func ParseSteering(s string) (Steering, error) {
 	switch s {
+	case "auto":
+		return SteeringAuto, nil
 	case "kernel", "none":
 		return SteeringKernel, nil
 	case "hash":
 		return SteeringHash, nil
 	}
-	return "", fmt.Errorf("steering %q: want kernel or hash", s)
+	return "", fmt.Errorf("steering %q: want auto, kernel or hash", s)
 }
 
 // Program is a loaded steering program. Its file descriptor is what

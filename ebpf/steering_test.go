@@ -137,7 +137,7 @@ func TestFlowHashSpreads(t *testing.T) {
 }
 
 func TestParseSteering(t *testing.T) {
-	for in, want := range map[string]Steering{"kernel": SteeringKernel, "none": SteeringKernel, "hash": SteeringHash} {
+	for in, want := range map[string]Steering{"auto": SteeringAuto, "kernel": SteeringKernel, "none": SteeringKernel, "hash": SteeringHash} {
 		if got, err := ParseSteering(in); err != nil || got != want {
 			t.Errorf("ParseSteering(%q): %q, %v; want %q", in, got, err, want)
 		}

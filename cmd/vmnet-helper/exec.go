@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/offload"
@@ -156,7 +157,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("exec: create tap: %w", err)
 	}
-	if err := applySteering(dev, o.steering, log); err != nil {
+	if _, err := backend.SetSteering(dev, o.steering, log); err != nil {
 		dev.Close()
 		return fmt.Errorf("exec: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -112,7 +113,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("create tap: %w", err)
 	}
 	defer dev.Close()
-	if err := applySteering(dev, steering, log); err != nil {
+	if _, err := backend.SetSteering(dev, steering, log); err != nil {
 		return err
 	}
 	if *bridge != "" || *mtu != 0 {

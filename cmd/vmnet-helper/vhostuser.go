@@ -63,7 +63,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
 	fs.BoolVar(&f.ioURing, "io-uring", true, "batch TAP reads and writes through io_uring where the kernel allows (false: one system call per frame)")
-	fs.StringVar(&f.steering, "steering", string(steeringAuto), "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
+	fs.StringVar(&f.steering, "steering", "auto", "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
 	f.log.register(fs)
 	logger, err := parseCommand(fs, args, stderr, &f.log)
 	if err != nil {
@@ -129,10 +129,7 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := tp.SetUp(true); err != nil {
 		return err
 	}
-	if err := applySteering(tp, c.steer, log); err != nil {
-		return err
-	}
-	dev, err := backend.New(backend.Options{TAP: tp, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, BusyPoll: c.busyPoll,
+	dev, err := backend.New(backend.Options{TAP: tp, MAC: c.mac, MTU: c.mtu, Offloads: c.offer, Steering: c.steer, BusyPoll: c.busyPoll,
 		NoIOURing: !c.ioURing, Logger: log})
 	if err != nil {
 		return err
