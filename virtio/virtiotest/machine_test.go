@@ -39,14 +39,19 @@ type span struct {
 	start, end uint64
 }
 
-// ringSpans returns the descriptor, driver and device areas of a ring
-// with their sizes (virtio 1.2 §2.7, §2.8), EVENT_IDX fields included.
-func ringSpans(i int, a virtiotest.Areas) []span {
-	n := uint64(a.Size)
-	if a.Packed {
-		return []span{{i, "desc", a.Desc, a.Desc + 16*n}, {i, "driver", a.Driver, a.Driver + 4}, {i, "device", a.Device, a.Device + 4}}
+// ringSpans returns the descriptor, driver and device areas of a ring,
+// sized and checked for alignment by virtio.RingAreas.
+func ringSpans(t *testing.T, i int, a virtiotest.Areas) []span {
+	t.Helper()
+	var spans []span
+	for k, ra := range virtio.RingAreas(a.Size, a.Packed, a.EventIdx) {
+		gpa := [3]uint64{a.Desc, a.Driver, a.Device}[k]
+		if err := ra.CheckAlign(gpa); err != nil {
+			t.Errorf("queue %d: %v", i, err)
+		}
+		spans = append(spans, span{i, ra.Name, gpa, gpa + ra.Len})
 	}
-	return []span{{i, "desc", a.Desc, a.Desc + 16*n}, {i, "avail", a.Driver, a.Driver + 6 + 2*n}, {i, "used", a.Device, a.Device + 6 + 8*n}}
+	return spans
 }
 
 // A machine's queues do not overlap: their ring areas are apart, and with
@@ -79,7 +84,7 @@ func TestMachineQueuesApart(t *testing.T) {
 			t.Errorf("queue %d: Areas %+v, own memory %v; want size %d, packed %v, event idx %v, the machine's memory",
 				i, a, g.Memory() != m.Memory(), s.Size, s.Packed, s.EventIdx)
 		}
-		for _, sp := range ringSpans(i, a) {
+		for _, sp := range ringSpans(t, i, a) {
 			if _, err := m.Memory().Slice(sp.start, sp.end-sp.start); err != nil {
 				t.Errorf("queue %d: %s area not in one region: %v", i, sp.what, err)
 			}
