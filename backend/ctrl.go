@@ -3,7 +3,6 @@ package backend
 import (
 	"errors"
 	"fmt"
-	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -25,24 +24,6 @@ const ctrlFeatures = virtio.NetFCtrlVQ | virtio.NetFCtrlRx | virtio.NetFCtrlMACA
 // about ten thousand addresses. A longer command is answered with
 // VIRTIO_NET_ERR, not gathered.
 const maxCtrlLen = 64 << 10
-
-// CtrlStats count the control queue's work since the Device was made.
-type CtrlStats struct {
-	Commands  uint64 // commands answered VIRTIO_NET_OK
-	Errors    uint64 // commands answered VIRTIO_NET_ERR (unknown, not negotiated, malformed, failed)
-	BadChains uint64 // chains returned unanswered: malformed, or no byte for the ack
-	Kicks     uint64
-	Faults    uint64 // guest memory faults that stopped the queue until reset
-}
-
-type ctrlCounters struct {
-	commands, errors, badChains, kicks, faults atomic.Uint64
-}
-
-func (c *ctrlCounters) snapshot() CtrlStats {
-	return CtrlStats{Commands: c.commands.Load(), Errors: c.errors.Load(), BadChains: c.badChains.Load(),
-		Kicks: c.kicks.Load(), Faults: c.faults.Load()}
-}
 
 // ctrlQueue serves the control virtqueue (virtio 1.2 §5.1.6.5) in a
 // goroutine of its own: it sleeps until the driver kicks, then answers
@@ -94,7 +75,7 @@ func (c *ctrlQueue) run() {
 	// their bytes out before they take the device's lock, so a fault
 	// never leaves it held.
 	if err := memfault.Guard(c.serve); err != nil {
-		c.d.ctrlCtr.faults.Add(1)
+		c.d.ctrlCtr.add(CtrlMemoryFaults)
 		c.log.Error("control queue stopped until the device is reset", "error", err)
 	}
 }
@@ -120,7 +101,7 @@ func (c *ctrlQueue) serve() error {
 			return nil
 		}
 		c.s.kick.Drain()
-		c.d.ctrlCtr.kicks.Add(1)
+		c.d.ctrlCtr.add(CtrlKicks)
 		c.process()
 	}
 }
@@ -140,7 +121,7 @@ func (c *ctrlQueue) process() {
 				c.log.Error("control ring unusable until the device is reset", "error", err)
 				break
 			}
-			ctr.badChains.Add(1)
+			ctr.add(CtrlBadChains)
 			c.bad.Drop("malformed control chain", err)
 			c.push(0)
 			pushed++
@@ -157,7 +138,7 @@ func (c *ctrlQueue) process() {
 		if c.chain.WriteLen == 0 {
 			// No room for the ack: the driver would wait forever for an
 			// answer it cannot get; give the chain back unanswered.
-			ctr.badChains.Add(1)
+			ctr.add(CtrlBadChains)
 			c.bad.Drop("control chain without a writable byte", fmt.Errorf("%d readable bytes", c.chain.ReadLen))
 			c.push(0)
 			continue
@@ -165,10 +146,10 @@ func (c *ctrlQueue) process() {
 		ack := virtio.CtrlOK
 		if err := c.answer(); err != nil {
 			ack = virtio.CtrlErr
-			ctr.errors.Add(1)
+			ctr.add(CtrlErrors)
 			c.bad.Drop("control command refused", err)
 		} else {
-			ctr.commands.Add(1)
+			ctr.add(CtrlCommands)
 		}
 		// virtio 1.2 §5.1.6.5: the ack is the first device-writable byte.
 		c.chain.Writable[0][0] = byte(ack)

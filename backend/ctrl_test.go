@@ -252,7 +252,7 @@ func TestControlQueue(t *testing.T) {
 	})
 
 	st := d.CtrlStats()
-	if st.Commands != ok || st.Errors != bad || st.BadChains != 1 || st.Kicks == 0 {
+	if st[CtrlCommands] != ok || st[CtrlErrors] != bad || st[CtrlBadChains] != 1 || st[CtrlKicks] == 0 {
 		t.Errorf("control stats %+v: want %d commands, %d errors, 1 bad chain, some kicks", st, ok, bad)
 	}
 

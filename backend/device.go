@@ -33,8 +33,9 @@ type Options struct {
 	// locally administered unicast address.
 	MAC net.HardwareAddr
 
-	// MTU is offered with VIRTIO_NET_F_MTU. 0 offers none (the guest
-	// assumes 1500). It does not change the TAP's own MTU.
+	// MTU is offered with VIRTIO_NET_F_MTU, tap.MinMTU to tap.MaxMTU. 0
+	// offers none (the guest assumes 1500). It does not change the TAP's
+	// own MTU.
 	MTU int
 
 	// Offloads restricts the offloads offered (vmnet-helper --offloads);
@@ -143,11 +144,15 @@ func New(opts Options) (*Device, error) {
 		}
 		opts.MAC[0] = opts.MAC[0]&^1 | 2 // unicast, locally administered
 	}
-	if len(opts.MAC) != 6 || opts.MAC[0]&1 != 0 {
-		return nil, fmt.Errorf("new net device: MAC %s is not a unicast Ethernet address", opts.MAC)
+	if err := virtio.CheckUnicastMAC(opts.MAC); err != nil {
+		return nil, fmt.Errorf("new net device: %w", err)
 	}
-	if opts.MTU != 0 && (opts.MTU < 68 || opts.MTU > 65535) {
-		return nil, fmt.Errorf("new net device: MTU %d, want 68 to 65535", opts.MTU)
+	// The guest's frames go through the TAP: the MTU it is offered is
+	// one the TAP can carry.
+	if opts.MTU != 0 {
+		if err := tap.CheckMTU(opts.MTU); err != nil {
+			return nil, fmt.Errorf("new net device: %w", err)
+		}
 	}
 	n := opts.TAP.NumQueues()
 	d := &Device{

@@ -46,8 +46,8 @@ func (b vhostUserAdapter) SetConfig(offset uint32, data []byte, migration bool) 
 
 // SetMTU is VHOST_USER_NET_SET_MTU: the front-end tells the MTU it offers.
 func (b vhostUserAdapter) SetMTU(mtu uint16) error {
-	if mtu < 68 {
-		return fmt.Errorf("set mtu %d: want at least 68", mtu)
+	if err := virtio.CheckMTU(int(mtu)); err != nil {
+		return fmt.Errorf("set mtu: %w", err)
 	}
 	b.d.log.Debug("front-end MTU", "mtu", mtu)
 	return nil

@@ -1,0 +1,63 @@
+package backend
+
+import (
+	"iter"
+	"sync/atomic"
+
+	"github.com/vmnet-dev/vmnet/internal/stats"
+)
+
+// CtrlCounter names one of the control queue's counters: it indexes
+// CtrlStats, and ctrlTable says what it counts.
+type CtrlCounter int
+
+// The control queue's counters.
+const (
+	CtrlCommands CtrlCounter = iota
+	CtrlErrors
+	CtrlBadChains
+	CtrlKicks
+	CtrlMemoryFaults
+
+	numCtrlCounters
+)
+
+// ctrlTable declares the control queue's counters once, as
+// engine.Counter's table does a queue pair's.
+var ctrlTable = stats.Table{
+	CtrlCommands:     {Name: "commands", Help: "control commands answered VIRTIO_NET_OK"},
+	CtrlErrors:       {Name: "errors", Help: "control commands answered VIRTIO_NET_ERR: unknown, not negotiated, malformed or failed", Drop: true},
+	CtrlBadChains:    {Name: "bad_chains", Help: "control chains returned unanswered: malformed, or no byte for the ack", Drop: true},
+	CtrlKicks:        {Name: "kicks", Help: "control queue kicks received"},
+	CtrlMemoryFaults: {Name: "memory_faults", Help: "guest memory faults that stopped the control queue until the device is reset", Drop: true},
+}
+
+func (k CtrlCounter) String() string { return ctrlTable[k].Name }
+
+// ctrlCounters are the control queue's counters, for the life of the
+// Device.
+type ctrlCounters struct{ v [numCtrlCounters]atomic.Uint64 }
+
+func (c *ctrlCounters) add(k CtrlCounter) { c.v[k].Add(1) }
+
+func (c *ctrlCounters) snapshot() CtrlStats {
+	var s CtrlStats
+	for k := range c.v {
+		s[k] = c.v[k].Load()
+	}
+	return s
+}
+
+// CtrlStats are the control queue's counters at one moment, indexed by
+// CtrlCounter.
+type CtrlStats [numCtrlCounters]uint64
+
+// String prints the counters as name=value pairs.
+func (s CtrlStats) String() string { return string(ctrlTable.AppendText(nil, s[:], nil)) }
+
+// MarshalJSON writes every counter as one object of name to value.
+func (s CtrlStats) MarshalJSON() ([]byte, error) { return ctrlTable.AppendJSON(nil, s[:]), nil }
+
+// All yields each counter's declaration with its value, in CtrlCounter
+// order: what a metrics collector exports.
+func (s CtrlStats) All() iter.Seq2[stats.Desc, uint64] { return ctrlTable.All(s[:]) }
