@@ -36,7 +36,9 @@ func (k CtrlCounter) String() string { return ctrlTable[k].Name }
 
 // ctrlCounters are the control queue's counters, for the life of the
 // Device.
-type ctrlCounters struct{ v [numCtrlCounters]atomic.Uint64 }
+type ctrlCounters struct {
+	v [numCtrlCounters]atomic.Uint64
+}
 
 func (c *ctrlCounters) add(k CtrlCounter) { c.v[k].Add(1) }
 
