@@ -4,16 +4,16 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -47,8 +47,8 @@ import (
 
 var (
 	benchOther = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99} // a MAC nobody has
-	benchGuest = flow{srcMAC: guestMAC, dstMAC: benchOther, src: net.IPv4(10, 79, 0, 2).To4(),
-		dst: net.IPv4(10, 79, 0, 3).To4(), sport: 1000, dport: 2000}
+	benchGuest = frametest.Spec{SrcMAC: guestMAC, DstMAC: benchOther, Src: guest4, Dst: netip.MustParseAddr("10.77.0.3"),
+		DF: true, SrcPort: 1000, DstPort: 2000}
 )
 
 type benchCase struct {
@@ -74,52 +74,28 @@ var benchCases = []benchCase{
 // TSO frame of 1448-byte segments for GSO.
 func benchFrame(c benchCase) (virtio.NetHdr, []byte) {
 	if c.gso {
-		f := benchGuest.tcp(1, 1, tcpACK, 1000, nil, make([]byte, c.frame-ethLen-ip4Len-tcpLen), true)
+		f := tcp(benchGuest, 1, 1, frametest.ACK, 1000, nil, make([]byte, c.frame-frametest.EthLen-frametest.IPv4Len-frametest.TCPLen), true)
 		return gsoHdr(f, virtio.GSOTCPv4, 1448), f
 	}
-	return virtio.NetHdr{}, benchGuest.udp(make([]byte, c.frame-ethLen-ip4Len-udpLen), false)
+	return virtio.NetHdr{}, udp(benchGuest, make([]byte, c.frame-frametest.EthLen-frametest.IPv4Len-frametest.UDPLen), false)
 }
 
-// benchTAP is a one-queue TAP, up, in a fresh namespace, shared by the
-// sub-benchmarks of one benchmark: namespaces are torn down in the
-// background, and one going away would slow the measurements of the next.
-type benchTAP struct {
-	ns   string
-	dev  *tap.Device
-	file *os.File
-	fd   int
+// benchTAP is the rig whose TAP the sub-benchmarks of one benchmark
+// share: namespaces are torn down in the background, and one going away
+// would slow the measurements of the next.
+func benchTAP(b *testing.B) *rig {
+	return newRig(b, rigOptions{tap: true, stopped: true})
 }
 
-func newBenchTAP(b testing.TB) *benchTAP {
-	b.Helper()
-	testutil.RequireTUN(b)
-	ns := testutil.NetNS(b)
-	dev, err := tap.Create(tap.Options{NetNS: ns})
+// rawFd is the descriptor of f for the raw loops' system calls.
+func rawFd(b *testing.B, f *os.File) int {
+	rc, err := f.SyscallConn()
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { dev.Close() })
-	if err := dev.SetUp(true); err != nil {
-		b.Fatal(err)
-	}
-	testutil.Exec(b, ns, "ip", "addr", "add", "10.79.0.1/24", "dev", dev.Name())
-	bt := &benchTAP{ns: ns, dev: dev, file: dev.Queue(0).File()}
-	rc, err := bt.file.SyscallConn()
-	if err != nil {
-		b.Fatal(err)
-	}
-	rc.Control(func(fd uintptr) { bt.fd = int(fd) })
-	return bt
-}
-
-// stat reads a statistics counter of the TAP.
-func (bt *benchTAP) stat(b *testing.B, name string) uint64 {
-	out := testutil.Exec(b, bt.ns, "cat", "/sys/class/net/"+bt.dev.Name()+"/statistics/"+name)
-	v, err := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return v
+	var fd int
+	rc.Control(func(u uintptr) { fd = int(u) })
+	return fd
 }
 
 // benchRing drives one virtqueue as a guest would, allocating nothing: it
@@ -139,12 +115,8 @@ type benchRing struct {
 	skip       int  // chains left of the current frame
 }
 
-func newBenchRing(b *testing.B, size uint16, slot int, kick, call *EventFD) *benchRing {
-	g, err := virtiotest.NewGuest(size, false, virtiotest.Options{SlotSize: slot, EventIdx: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return &benchRing{g: g, size: size, usedAddr: g.SplitConfig().UsedAddr, kick: kick, call: call,
+func newBenchRing(g *virtiotest.Guest, kick, call *EventFD) *benchRing {
+	return &benchRing{g: g, size: g.Size(), usedAddr: g.SplitConfig().UsedAddr, kick: kick, call: call,
 		pfd: []unix.PollFd{{Fd: int32(call.Fd()), Events: unix.POLLIN}}}
 }
 
@@ -157,16 +129,9 @@ func (r *benchRing) buffer(id uint16, n int) []byte {
 // queue makes the device side of the ring, from where the previous one
 // stopped, with what the driver made available hidden until release.
 func (r *benchRing) queue(b *testing.B) virtio.Queue {
-	cfg := r.g.SplitConfig()
-	if r.q != nil {
-		cfg.NextAvail, cfg.NextUsed = r.q.NextAvail(), r.g.UsedIdx()
-	}
+	q := deviceQueue(b, r.g, r.q)
 	r.shown = r.g.NextAvail()
-	r.g.SetAvailIdx(cfg.NextAvail)
-	q, err := virtio.NewSplitQueue(r.g.Memory(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	r.g.SetAvailIdx(q.NextAvail())
 	r.q = q
 	return q
 }
@@ -224,30 +189,21 @@ func (r *benchRing) reap() int {
 	return frames
 }
 
-// benchQP is the guest side of a queue pair on a benchTAP, and the queue
-// pair of the moment: each engine phase of a benchmark runs a new one on
-// the same rings, from where the last stopped.
+// benchQP is a rig on the benchmark's TAP whose rings the benchmark
+// drives (benchRing), and the queue pair of the moment: each engine phase
+// of a benchmark runs a new one on the same rings, from where the last
+// stopped.
 type benchQP struct {
-	bt       *benchTAP
-	qp       *QueuePair
-	tx, rx   *benchRing
-	features virtio.Features
-	mode     engineMode
+	r      *rig
+	tx, rx *benchRing
+	mode   engineMode
 }
 
-func newBenchQP(b *testing.B, bt *benchTAP, features virtio.Features, txSlot, rxSlot int, size uint16, mode engineMode) *benchQP {
-	var efds [4]*EventFD
-	for i := range efds {
-		e, err := NewEventFD()
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { e.Close() })
-		efds[i] = e
-	}
-	bq := &benchQP{bt: bt, features: features, mode: mode}
-	bq.tx = newBenchRing(b, size, txSlot, efds[0], efds[1])
-	bq.rx = newBenchRing(b, size, rxSlot, efds[2], efds[3])
+func newBenchQP(b *testing.B, bt *rig, features virtio.Features, txSlot, rxSlot int, size uint16, mode engineMode) *benchQP {
+	r := newRig(b, rigOptions{tapOf: bt, features: features, size: size, txSlot: txSlot, rxSlot: rxSlot,
+		guest: virtiotest.Options{EventIdx: true}, mod: mode.config, stopped: true})
+	r.rings()
+	bq := &benchQP{r: r, mode: mode, tx: newBenchRing(r.tx, r.txKick, r.txCall), rx: newBenchRing(r.rx, r.rxKick, r.rxCall)}
 	bq.rx.mrg = features.Has(virtio.NetFMrgRxbuf)
 	return bq
 }
@@ -255,17 +211,8 @@ func newBenchQP(b *testing.B, bt *benchTAP, features virtio.Features, txSlot, rx
 // start runs a new queue pair on the rings, with nothing available until
 // release.
 func (bq *benchQP) start(b *testing.B) {
-	var err error
-	bq.qp, err = New(Config{RX: bq.rx.queue(b), TX: bq.tx.queue(b), TXKick: bq.tx.kick, TXCall: bq.tx.call,
-		RXKick: bq.rx.kick, RXCall: bq.rx.call, TAP: bq.bt.file, HdrLen: virtio.HdrLenFor(bq.features),
-		Features: bq.features, BusyPoll: bq.mode.busy, NoIOURing: bq.mode.noRing})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := bq.qp.Start(); err != nil {
-		b.Fatal(err)
-	}
-	if !bq.mode.noRing && !bq.qp.IOURing() {
+	bq.r.run(bq.rx.queue(b), bq.tx.queue(b))
+	if !bq.mode.noRing && !bq.r.qp.IOURing() {
 		testutil.Skip(b, "no io_uring on this kernel: the %s rows would measure system calls", bq.mode.name)
 	}
 }
@@ -273,12 +220,13 @@ func (bq *benchQP) start(b *testing.B) {
 // stop stops the queue pair and hands back what it used after the
 // measured part, before the raw loop overwrites those buffers.
 func (bq *benchQP) stop(b *testing.B) Snapshot {
-	if err := bq.qp.Stop(); err != nil {
+	qp := bq.r.qp
+	if err := qp.Stop(); err != nil {
 		b.Fatal(err)
 	}
 	bq.tx.reap()
 	bq.rx.reap()
-	return bq.qp.Counters().Snapshot()
+	return qp.Counters().Snapshot()
 }
 
 // phases splits n frames into alternating raw and engine phases, so that
@@ -349,6 +297,9 @@ type engineMode struct {
 	noRing bool
 }
 
+// config sets the mode in a queue pair's config.
+func (m engineMode) config(c *Config) { c.BusyPoll, c.NoIOURing = m.busy, m.noRing }
+
 var engineModes = []engineMode{
 	{"iouring", 0, false},
 	{"iouring+busypoll=50µs", 50 * time.Microsecond, false},
@@ -356,7 +307,7 @@ var engineModes = []engineMode{
 }
 
 func BenchmarkTAPTX(b *testing.B) {
-	bt := newBenchTAP(b)
+	bt := benchTAP(b)
 	for _, c := range benchCases {
 		if c.rxOnly {
 			continue
@@ -367,7 +318,7 @@ func BenchmarkTAPTX(b *testing.B) {
 	}
 }
 
-func benchTX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
+func benchTX(b *testing.B, bt *rig, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	h, frame := benchFrame(c)
@@ -378,6 +329,7 @@ func benchTX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 		size = 256
 	}
 	bq := newBenchQP(b, bt, features, len(msg), 64, size, mode)
+	fd := rawFd(b, bt.tap)
 	for range size {
 		if _, err := bq.tx.g.PostTX(msg); err != nil {
 			b.Fatal(err)
@@ -392,7 +344,7 @@ func benchTX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	i := 0
 	raw := func(n int) error {
 		for range n {
-			if _, err := writeFd(bt.fd, bufs[i%len(bufs)]); err != nil {
+			if _, err := writeFd(fd, bufs[i%len(bufs)]); err != nil {
 				return err
 			}
 			i++
@@ -479,13 +431,13 @@ func runSource(spec string) error {
 // startSource runs the frame source of case c for the sub-benchmark; it
 // is killed when the sub-benchmark ends. The returned check fails the
 // benchmark if the source died early.
-func startSource(b *testing.B, bt *benchTAP, c benchCase) (check func()) {
+func startSource(b *testing.B, bt *rig, c benchCase) (check func()) {
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
 	cmd := exec.Command("ip", "netns", "exec", bt.ns, exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), sourceEnv+"="+bt.dev.Name()+","+c.name, "GOMAXPROCS=1")
+	cmd.Env = append(os.Environ(), sourceEnv+"="+bt.tapName+","+c.name, "GOMAXPROCS=1")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -504,7 +456,7 @@ func startSource(b *testing.B, bt *benchTAP, c benchCase) (check func()) {
 }
 
 func BenchmarkTAPRX(b *testing.B) {
-	bt := newBenchTAP(b)
+	bt := benchTAP(b)
 	for _, c := range benchCases {
 		for _, m := range engineModes {
 			b.Run(c.name+"/"+m.name, func(b *testing.B) { benchRX(b, bt, c, m) })
@@ -512,7 +464,7 @@ func BenchmarkTAPRX(b *testing.B) {
 	}
 }
 
-func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
+func benchRX(b *testing.B, bt *rig, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
@@ -548,11 +500,12 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	for id := 0; id+per <= int(size); id += per {
 		bufs = append(bufs, bq.rx.buffer(uint16(id), per*rxSlot))
 	}
-	pfd := []unix.PollFd{{Fd: int32(bt.fd), Events: unix.POLLIN}}
+	fd := rawFd(b, bt.tap)
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	i := 0
 	raw := func(n int) error {
 		for got := 0; got < n; {
-			k, err := readFd(bt.fd, bufs[i%len(bufs)])
+			k, err := readFd(fd, bufs[i%len(bufs)])
 			switch {
 			case err == unix.EAGAIN:
 				if _, err := unix.Poll(pfd, 1000); err != nil && err != unix.EINTR {
@@ -569,12 +522,12 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 	}
 	b.ResetTimer()
 	b.StopTimer()
-	dropped := bt.stat(b, "tx_dropped")
+	dropped := bq.r.tapStat("tx_dropped")
 	measure(b, c, b.N, raw, bq, bq.rx)
 	checkSource()
 	// Frames the TAP dropped for want of a reader, per frame read by
 	// either loop: above zero, the source kept ahead of both.
-	b.ReportMetric(float64(bt.stat(b, "tx_dropped")-dropped)/float64(2*b.N), "drops/frame")
+	b.ReportMetric(float64(bq.r.tapStat("tx_dropped")-dropped)/float64(2*b.N), "drops/frame")
 }
 
 // BenchmarkTAPLatency sends one ICMP echo request at a time from the
@@ -583,34 +536,25 @@ func benchRX(b *testing.B, bt *benchTAP, c benchCase, mode engineMode) {
 // on the used rings, as a polling guest would, so what BusyPoll changes
 // is the engine's own sleeping and waking.
 func BenchmarkTAPLatency(b *testing.B) {
-	bt := newBenchTAP(b)
-	testutil.Exec(b, bt.ns, "ip", "neigh", "add", "10.79.0.2", "lladdr", guestMAC.String(), "dev", bt.dev.Name())
-	mac, err := bt.dev.MAC()
-	if err != nil {
-		b.Fatal(err)
-	}
+	bt := benchTAP(b)
 	for _, m := range engineModes {
-		b.Run(m.name, func(b *testing.B) { benchLatency(b, bt, mac, m) })
+		b.Run(m.name, func(b *testing.B) { benchLatency(b, bt, m) })
 	}
 }
 
-// echoRequest is an ICMP echo request from the guest to 10.79.0.1.
-func echoRequest(tapMAC net.HardwareAddr) []byte {
-	f := flow{srcMAC: guestMAC, dstMAC: tapMAC, src: net.IPv4(10, 79, 0, 2).To4(), dst: net.IPv4(10, 79, 0, 1).To4()}
-	b, l4 := f.l3(1, 64)
-	b = b[:l4+64]
-	icmp := b[l4:]
-	icmp[0] = 8 // echo request
-	binary.BigEndian.PutUint16(icmp[4:], 0x766d)
-	binary.BigEndian.PutUint16(icmp[2:], ^fold(sum(icmp, 0)))
-	return b
+// echoRequest is an ICMP echo request from the guest to the TAP's
+// address, 64 bytes of ICMP with the identifier "vm".
+func echoRequest(r *rig) []byte {
+	f := r.toHost(0, 0)
+	f.Proto, f.Type, f.Payload = frametest.ProtoICMP, 8, append([]byte{0x76, 0x6d, 0, 0}, make([]byte, 56)...)
+	return f.Build()
 }
 
-func benchLatency(b *testing.B, bt *benchTAP, tapMAC net.HardwareAddr, mode engineMode) {
+func benchLatency(b *testing.B, bt *rig, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
-	req := withHdr(virtio.NetHdr{}, virtio.HdrLenV1, echoRequest(tapMAC))
+	req := withHdr(virtio.NetHdr{}, virtio.HdrLenV1, echoRequest(bt))
 	bq := newBenchQP(b, bt, features, len(req), 2048, 256, mode)
 	txID, err := bq.tx.g.PostTX(req)
 	if err != nil {
@@ -640,20 +584,20 @@ func benchLatency(b *testing.B, bt *benchTAP, tapMAC net.HardwareAddr, mode engi
 		tx.g.PublishHead(txID)
 		kick(tx, old)
 		if !spin(tx) {
-			b.Fatalf("request %d not sent within a second (counters %s)", i, bq.qp.Counters().Snapshot())
+			b.Fatalf("request %d not sent within a second (counters %s)", i, bq.r.qp.Counters().Snapshot())
 		}
 		tx.last++
 		// The reply: anything else the kernel sends (it sends nothing
 		// with a static neighbour and no IPv6 address) counts too.
 		if !spin(rx) {
-			b.Fatalf("no reply to request %d within a second (counters %s)", i, bq.qp.Counters().Snapshot())
+			b.Fatalf("no reply to request %d within a second (counters %s)", i, bq.r.qp.Counters().Snapshot())
 		}
 		old = rx.g.NextAvail()
 		rx.reap()
 		kick(rx, old)
 	}
 	b.StopTimer()
-	if s := bq.qp.Counters().Snapshot(); s[TXPackets] < uint64(b.N) {
+	if s := bq.r.qp.Counters().Snapshot(); s[TXPackets] < uint64(b.N) {
 		b.Fatalf("counters %s: want %d frames sent", s, b.N)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/virtio"
 	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
 )
@@ -18,8 +20,10 @@ import (
 var (
 	macA = net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x0a}
 	macB = net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x0b}
-	fl4  = flow{srcMAC: macA, dstMAC: macB, src: net.IPv4(10, 1, 0, 1).To4(), dst: net.IPv4(10, 1, 0, 2).To4(), sport: 40000, dport: 5001}
-	fl6  = flow{srcMAC: macA, dstMAC: macB, src: net.ParseIP("fd00::1"), dst: net.ParseIP("fd00::2"), sport: 40000, dport: 5001}
+	fl4  = frametest.Spec{SrcMAC: macA, DstMAC: macB, Src: netip.MustParseAddr("10.1.0.1"), Dst: netip.MustParseAddr("10.1.0.2"),
+		DF: true, SrcPort: 40000, DstPort: 5001}
+	fl6 = frametest.Spec{SrcMAC: macA, DstMAC: macB, Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"),
+		SrcPort: 40000, DstPort: 5001}
 )
 
 // allTX are the transmit offloads a guest may be offered with the
@@ -53,7 +57,7 @@ func checkSegments(frames [][]byte, orig []byte, mss int) error {
 	if err != nil {
 		return fmt.Errorf("original: %w", err)
 	}
-	want := (len(op.payload) + mss - 1) / mss
+	want := (len(op.Payload) + mss - 1) / mss
 	if len(frames) != want {
 		return fmt.Errorf("got %d segments, want %d", len(frames), want)
 	}
@@ -63,70 +67,40 @@ func checkSegments(frames [][]byte, orig []byte, mss int) error {
 		if err != nil {
 			return fmt.Errorf("segment %d: %w", i, err)
 		}
-		if len(p.payload) > mss || (i < len(frames)-1 && len(p.payload) != mss) {
-			return fmt.Errorf("segment %d: %d bytes of payload, gso_size %d", i, len(p.payload), mss)
+		if len(p.Payload) > mss || (i < len(frames)-1 && len(p.Payload) != mss) {
+			return fmt.Errorf("segment %d: %d bytes of payload, gso_size %d", i, len(p.Payload), mss)
 		}
-		if p.proto != op.proto || p.sport != op.sport || p.dport != op.dport {
-			return fmt.Errorf("segment %d: proto %d ports %d>%d, want %d %d>%d", i, p.proto, p.sport, p.dport, op.proto, op.sport, op.dport)
+		if p.Proto != op.Proto || p.SrcPort != op.SrcPort || p.DstPort != op.DstPort {
+			return fmt.Errorf("segment %d: proto %d ports %d>%d, want %d %d>%d", i, p.Proto, p.SrcPort, p.DstPort, op.Proto, op.SrcPort, op.DstPort)
 		}
-		if p.proto == protTCP {
-			if wantSeq := op.seq + uint32(len(got)); p.seq != wantSeq {
-				return fmt.Errorf("segment %d: seq %d, want %d", i, p.seq, wantSeq)
+		if p.Proto == frametest.ProtoTCP {
+			if wantSeq := op.Seq + uint32(len(got)); p.Seq != wantSeq {
+				return fmt.Errorf("segment %d: seq %d, want %d", i, p.Seq, wantSeq)
 			}
-			if !bytes.Equal(p.opts, op.opts) {
-				return fmt.Errorf("segment %d: tcp options %x, want %x", i, p.opts, op.opts)
+			if !bytes.Equal(p.Options, op.Options) {
+				return fmt.Errorf("segment %d: tcp options %x, want %x", i, p.Options, op.Options)
 			}
 		}
-		if !p.v6 && p.ipID != op.ipID+uint16(i) {
-			return fmt.Errorf("segment %d: ipv4 id %d, want %d", i, p.ipID, op.ipID+uint16(i))
+		if !p.V6 && p.ID != op.ID+uint16(i) {
+			return fmt.Errorf("segment %d: ipv4 id %d, want %d", i, p.ID, op.ID+uint16(i))
 		}
-		got = append(got, p.payload...)
+		got = append(got, p.Payload...)
 	}
-	if !bytes.Equal(got, op.payload) {
-		return fmt.Errorf("segments carry %d bytes, different from the %d sent", len(got), len(op.payload))
+	if !bytes.Equal(got, op.Payload) {
+		return fmt.Errorf("segments carry %d bytes, different from the %d sent", len(got), len(op.Payload))
 	}
 	return nil
 }
 
-// postTX posts frames behind their headers and kicks.
-func (r *rig) postTX(hdrs []virtio.NetHdr, frames [][]byte) {
-	r.t.Helper()
-	for i, f := range frames {
-		if _, err := r.tx.PostTX(withHdr(hdrs[i], r.hdrLen, f)); err != nil {
-			r.t.Fatalf("post TX %d: %v", i, err)
-		}
-	}
-	if r.tx.Kick() {
-		r.txKick.Notify()
-	}
-}
-
-// readN reads n messages from the kernel end, failing if they do not come.
-func (r *rig) readN(n int) [][]byte {
-	r.t.Helper()
-	var out [][]byte
-	for range n {
-		m := r.readPeer(2 * time.Second)
-		if m == nil {
-			r.t.Fatalf("got %d messages, want %d (counters %s)", len(out), n, r.qp.Counters().Snapshot())
-		}
-		out = append(out, m)
-	}
-	if extra := r.readPeer(20 * time.Millisecond); extra != nil {
-		r.t.Fatalf("message %d of %d bytes after the %d expected", n+1, len(extra), n)
-	}
-	return out
-}
-
 func TestFallbackNoVnetHdrTX(t *testing.T) {
 	udp4 := fl4
-	udp4.dport = 6000
+	udp4.DstPort = 6000
 	big := pattern(65000, 3)
-	tso4 := fl4.tcp(1000, 7, tcpACK|tcpPSH, 500, tsOpt(1, 2), pattern(65483, 1), true)
-	tso6 := fl6.tcp(1<<31+5, 7, tcpACK, 500, tsOpt(1, 2), pattern(65503-32, 2), true)
-	uso4 := udp4.udp(pattern(1472*40+100, 4), true)
-	uso6 := fl6.udp(pattern(1452*20, 5), true)
-	ufo4 := udp4.udp(pattern(9000, 6), true)
+	tso4 := tcp(fl4, 1000, 7, frametest.ACK|frametest.PSH, 500, tsOpt(1, 2), pattern(65483, 1), true)
+	tso6 := tcp(fl6, 1<<31+5, 7, frametest.ACK, 500, tsOpt(1, 2), pattern(65503-32, 2), true)
+	uso4 := udp(udp4, pattern(1472*40+100, 4), true)
+	uso6 := udp(fl6, pattern(1452*20, 5), true)
+	ufo4 := udp(udp4, pattern(9000, 6), true)
 	for _, tc := range []struct {
 		name  string
 		frame []byte
@@ -134,12 +108,12 @@ func TestFallbackNoVnetHdrTX(t *testing.T) {
 		check func(t *testing.T, got [][]byte, sent []byte)
 		segs  int
 	}{
-		{"plain", fl4.udp(big[:1000], false), virtio.NetHdr{}, wantSame, 1},
-		{"csum udp4", udp4.udp(big[:1001], true), gsoHdr(udp4.udp(nil, true), virtio.GSONone, 0), wantCompleted, 1},
-		{"csum tcp6 odd", fl6.tcp(9, 9, tcpACK, 9, nil, big[:3333], true), gsoHdr(fl6.tcp(0, 0, 0, 0, nil, nil, true), virtio.GSONone, 0), wantCompleted, 1},
+		{"plain", udp(fl4, big[:1000], false), virtio.NetHdr{}, wantSame, 1},
+		{"csum udp4", udp(udp4, big[:1001], true), gsoHdr(udp(udp4, nil, true), virtio.GSONone, 0), wantCompleted, 1},
+		{"csum tcp6 odd", tcp(fl6, 9, 9, frametest.ACK, 9, nil, big[:3333], true), gsoHdr(tcp(fl6, 0, 0, 0, 0, nil, nil, true), virtio.GSONone, 0), wantCompleted, 1},
 		{"tso4", tso4, gsoHdr(tso4, virtio.GSOTCPv4, 1448), wantSegments(1448), 46},
 		{"tso6", tso6, gsoHdr(tso6, virtio.GSOTCPv6, 1428), wantSegments(1428), 46},
-		{"tso4 small", fl4.tcp(5, 5, tcpACK, 5, nil, big[:100], true), gsoHdr(fl4.tcp(5, 5, tcpACK, 5, nil, big[:100], true), virtio.GSOTCPv4, 1448), wantSegments(1448), 1},
+		{"tso4 small", tcp(fl4, 5, 5, frametest.ACK, 5, nil, big[:100], true), gsoHdr(tcp(fl4, 5, 5, frametest.ACK, 5, nil, big[:100], true), virtio.GSOTCPv4, 1448), wantSegments(1448), 1},
 		{"uso4", uso4, gsoHdr(uso4, virtio.GSOUDPL4, 1472), wantSegments(1472), 41},
 		{"uso6", uso6, gsoHdr(uso6, virtio.GSOUDPL4, 1452), wantSegments(1452), 20},
 		{"ufo4", ufo4, gsoHdr(ufo4, virtio.GSOUDP, 1480), wantFragments, 7},
@@ -148,8 +122,8 @@ func TestFallbackNoVnetHdrTX(t *testing.T) {
 			r := newRig(t, rigOptions{features: allTX, txSlot: 65600, size: 128,
 				// Descriptors of 777 bytes: frames, headers and
 				// checksum fields cross buffer boundaries.
-				guest: virtiotest.Options{Segment: 777},
-				mod:   func(c *Config) { c.NoVnetHdr = true }})
+				guest:     virtiotest.Options{Segment: 777},
+				noVnetHdr: true})
 			r.postTX([]virtio.NetHdr{tc.hdr}, [][]byte{tc.frame})
 			got := r.readN(tc.segs)
 			tc.check(t, got, tc.frame)
@@ -185,11 +159,11 @@ func wantCompleted(t *testing.T, got [][]byte, sent []byte) {
 	if len(got[0]) != len(sent) {
 		t.Fatalf("got %d bytes, want %d", len(got[0]), len(sent))
 	}
-	l4 := l4Offset(sent)
-	at := l4 + 16
-	if sent[ethLen+9] == protUDP || sent[ethLen+6] == protUDP {
-		at = l4 + 6
+	p, err := frametest.Parse(sent)
+	if err != nil {
+		t.Fatal(err)
 	}
+	at := p.L4 + p.CsumOffset()
 	if !bytes.Equal(got[0][:at], sent[:at]) || !bytes.Equal(got[0][at+2:], sent[at+2:]) {
 		t.Errorf("bytes other than the checksum changed")
 	}
@@ -218,22 +192,22 @@ func wantFragments(t *testing.T, got [][]byte, sent []byte) {
 		if err != nil {
 			t.Fatalf("fragment %d: %v", i, err)
 		}
-		if !p.fragment || p.fragOff != len(whole) || p.more != (i < len(got)-1) || p.ipID != op.ipID {
+		if !p.Fragment || p.FragOffset != len(whole) || p.More != (i < len(got)-1) || p.ID != op.ID {
 			t.Fatalf("fragment %d: offset %d more %v id %d; want offset %d more %v id %d",
-				i, p.fragOff, p.more, p.ipID, len(whole), i < len(got)-1, op.ipID)
+				i, p.FragOffset, p.More, p.ID, len(whole), i < len(got)-1, op.ID)
 		}
-		whole = append(whole, f[p.l4:]...)
+		whole = append(whole, f[p.L4:]...)
 	}
 	// Reassembled, the datagram must check out.
-	re := append(append([]byte(nil), sent[:l4Offset(sent)]...), whole...)
-	binary.BigEndian.PutUint16(re[ethLen+2:], uint16(len(re)-ethLen))
-	re[ethLen+10], re[ethLen+11] = 0, 0
-	binary.BigEndian.PutUint16(re[ethLen+10:], ^fold(sum(re[ethLen:ethLen+ip4Len], 0)))
+	re := append(append([]byte(nil), sent[:op.L4]...), whole...)
+	binary.BigEndian.PutUint16(re[frametest.EthLen+2:], uint16(len(re)-frametest.EthLen))
+	re[frametest.EthLen+10], re[frametest.EthLen+11] = 0, 0
+	binary.BigEndian.PutUint16(re[frametest.EthLen+10:], frametest.Checksum(re[frametest.EthLen:frametest.EthLen+frametest.IPv4Len], 0))
 	p, err := parsePacket(re, false)
 	if err != nil {
 		t.Fatalf("reassembled: %v", err)
 	}
-	if !bytes.Equal(p.payload, op.payload) {
+	if !bytes.Equal(p.Payload, op.Payload) {
 		t.Errorf("reassembled payload differs")
 	}
 }
@@ -253,7 +227,7 @@ func TestFallbackNoVnetHdrRX(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, rigOptions{features: tc.features, guest: virtiotest.Options{Segment: 61},
-				mod: func(c *Config) { c.NoVnetHdr = true }})
+				noVnetHdr: true})
 			// Up to 26 descriptors a chain: 8 chains fill most of the ring.
 			r.postRX(8, tc.bufSize)
 			for i, n := range []int{14, 60, 1000, 1514} {
@@ -299,10 +273,10 @@ func TestFallbackNoVnetHdrRX(t *testing.T) {
 // its header and goes to the kernel as it is.
 func TestFallbackNoUSO(t *testing.T) {
 	r := newRig(t, rigOptions{features: allTX, txSlot: 65600, size: 64, mod: func(c *Config) { c.NoUSO = true }})
-	udp := fl4
-	udp.dport = 6000
-	uso := udp.udp(pattern(1400*10, 1), true)
-	tso := fl4.tcp(1, 1, tcpACK, 1, nil, pattern(20000, 2), true)
+	udp4 := fl4
+	udp4.DstPort = 6000
+	uso := udp(udp4, pattern(1400*10, 1), true)
+	tso := tcp(fl4, 1, 1, frametest.ACK, 1, nil, pattern(20000, 2), true)
 	r.postTX([]virtio.NetHdr{gsoHdr(uso, virtio.GSOUDPL4, 1400), gsoHdr(tso, virtio.GSOTCPv4, 1448)}, [][]byte{uso, tso})
 	got := r.readN(11)
 	var segs [][]byte
@@ -328,9 +302,9 @@ func TestFallbackNoUSO(t *testing.T) {
 // A GSO frame the fallback cannot cut into its scratch is dropped and
 // counted, and the frames behind it still go.
 func TestFallbackTooManySegments(t *testing.T) {
-	r := newRig(t, rigOptions{features: allTX, txSlot: 65600, size: 64, mod: func(c *Config) { c.NoVnetHdr = true }})
-	tso := fl4.tcp(1, 1, tcpACK, 1, nil, pattern(60000, 2), true)
-	ok := fl4.udp([]byte("after"), false)
+	r := newRig(t, rigOptions{features: allTX, txSlot: 65600, size: 64, noVnetHdr: true})
+	tso := tcp(fl4, 1, 1, frametest.ACK, 1, nil, pattern(60000, 2), true)
+	ok := udp(fl4, []byte("after"), false)
 	r.postTX([]virtio.NetHdr{gsoHdr(tso, virtio.GSOTCPv4, 8), {}}, [][]byte{tso, ok})
 	got := r.readN(1)
 	if !bytes.Equal(got[0], ok) {

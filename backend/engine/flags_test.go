@@ -22,21 +22,21 @@ func TestRXFlagsFollowGuestCsum(t *testing.T) {
 		{virtio.FVersion1 | virtio.NetFMrgRxbuf, false},
 		{virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.NetFGuestCsum, true},
 	} {
-		tr := newTapRig(t, tc.features, 2048, 0)
-		if err := tr.dev.SetOffload(offload.TunCsum); err != nil {
+		r := newRig(t, rigOptions{tap: true, features: tc.features})
+		if err := r.dev.SetOffload(offload.TunCsum); err != nil {
 			t.Fatal(err)
 		}
-		tr.postRX(64, 1536)
-		c := tr.udpSocket(0)
-		if _, err := c.WriteToUDP([]byte("flags"), &net.UDPAddr{IP: net.IPv4(10, 77, 0, 2), Port: 6000}); err != nil {
+		r.postRX(64, 1536)
+		c := listenUDP(t, r.ns, "udp4", ":0")
+		if _, err := c.WriteToUDP([]byte("flags"), &net.UDPAddr{IP: guest4.AsSlice(), Port: 6000}); err != nil {
 			t.Fatal(err)
 		}
 		var flags byte
 		found := false
 		deadline := time.Now().Add(3 * time.Second)
 		for !found && time.Now().Before(deadline) {
-			for _, u := range tr.rx.Reap() {
-				f := u.Data[tr.hdrLen:]
+			for _, u := range r.rx.Reap() {
+				f := u.Data[r.hdrLen:]
 				if len(f) > 42 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 17 {
 					flags, found = u.Data[0], true
 				}

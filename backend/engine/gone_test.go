@@ -15,44 +15,44 @@ import (
 // spin on it, whether the guest has receive buffers or not, nor stop
 // serving the guest's TX ring (its writes are counted as kernel drops).
 func TestTAPDeviceGoneMidTraffic(t *testing.T) {
-	nr := newNetRig(t, netOptions{})
-	src := listenUDP(t, nr.ns, "udp4", "10.77.0.1:0")
+	r := newRig(t, rigOptions{net: true})
+	src := listenUDP(t, r.ns, "udp4", "10.77.0.1:0")
 	for _, starved := range []bool{false, true} {
 		t.Run(fmt.Sprintf("starved=%v", starved), func(t *testing.T) {
-			nr.use(t)
-			nr.useTAP(false, nr.hdrLen, 0)
-			nr.start(nr.features)
+			r.use(t)
+			r.useTAP(false, r.hdrLen, 0)
+			r.start(r.features)
 			if starved {
 				// Use up every receive buffer: the worker stops
 				// watching the TAP.
 				for i := 0; i < 300; i++ {
-					src.WriteToUDP([]byte("to the guest"), &net.UDPAddr{IP: guest4, Port: 9001})
+					src.WriteToUDP([]byte("to the guest"), &net.UDPAddr{IP: guest4.AsSlice(), Port: 9001})
 				}
-				waitFor(t, func() bool { return nr.qp.Counters().Load(RXWaitBuffers) > 0 }, "rx_wait_buffers")
+				waitFor(t, func() bool { return r.qp.Counters().Load(RXWaitBuffers) > 0 }, "rx_wait_buffers")
 			}
-			testutil.Exec(t, nr.ns, "ip", "link", "del", "dev", nr.tapName)
-			if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
-				t.Errorf("device gone: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
+			testutil.Exec(t, r.ns, "ip", "link", "del", "dev", r.tapName)
+			if w := idleWakeups(r.qp, 200*time.Millisecond); w > 20 {
+				t.Errorf("device gone: %d wakeups in 200 ms (counters %s)", w, r.qp.Counters().Snapshot())
 			}
 			if starved {
 				// Buffers again: the worker watches the TAP, finds it
 				// gone, and leaves it.
-				nr.rx.Reap()
-				nr.postRX(int(nr.rx.Size())-nr.rx.InFlight(), nr.rxBuf)
-				waitFor(t, func() bool { return nr.qp.Counters().Load(RXKicks) > 0 }, "rx_kicks")
-				if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
-					t.Errorf("device gone, buffers posted: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
+				r.rx.Reap()
+				r.postRX(int(r.rx.Size())-r.rx.InFlight(), r.o.rxSlot)
+				waitFor(t, func() bool { return r.qp.Counters().Load(RXKicks) > 0 }, "rx_kicks")
+				if w := idleWakeups(r.qp, 200*time.Millisecond); w > 20 {
+					t.Errorf("device gone, buffers posted: %d wakeups in 200 ms (counters %s)", w, r.qp.Counters().Snapshot())
 				}
 			}
-			before := nr.qp.Counters().Load(TXDropKernel)
+			before := r.qp.Counters().Load(TXDropKernel)
 			for i := range 5 {
-				nr.sendTX(nr.seqFrame(i))
+				r.sendTX(r.seqFrame(i))
 			}
-			waitFor(t, func() bool { return nr.qp.Counters().Load(TXDropKernel) == before+5 }, "TX frames counted as dropped")
-			if w := idleWakeups(nr.qp, 200*time.Millisecond); w > 20 {
-				t.Errorf("device gone, after TX: %d wakeups in 200 ms (counters %s)", w, nr.qp.Counters().Snapshot())
+			waitFor(t, func() bool { return r.qp.Counters().Load(TXDropKernel) == before+5 }, "TX frames counted as dropped")
+			if w := idleWakeups(r.qp, 200*time.Millisecond); w > 20 {
+				t.Errorf("device gone, after TX: %d wakeups in 200 ms (counters %s)", w, r.qp.Counters().Snapshot())
 			}
-			t.Logf("counters %s", nr.qp.Counters().Snapshot())
+			t.Logf("counters %s", r.qp.Counters().Snapshot())
 		})
 	}
 }

@@ -10,12 +10,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
-// GSO through a real TAP, checked by real stacks (see netRig): what the
+// GSO through a real TAP, checked by real stacks (rig, net): what the
 // guest sends as one 64 KB GSO frame must reach the peer's sockets as
 // segments its stack accepts, and what the peer sends must reach the guest
 // as GSO frames with correct headers when the guest accepts them.
@@ -43,27 +44,27 @@ var txModes = []struct {
 
 func TestTAPGSOTransmit(t *testing.T) {
 	all, kernelUSO := guestAll(t)
-	nr := newNetRig(t, netOptions{features: all, offloads: offload.TunFlagsFor(all)})
+	r := newRig(t, rigOptions{net: true, features: all, offloads: offload.TunFlagsFor(all)})
 	for _, mode := range txModes {
 		t.Run(mode.name, func(t *testing.T) {
-			nr.use(t)
+			r.use(t)
 			features := mode.features & (all | allTX)
 			if mode.noVnetHdr {
-				nr.useTAP(true, virtio.HdrLenFor(features), 0)
+				r.useTAP(true, virtio.HdrLenFor(features), 0)
 			}
 			// A kernel before 6.2 takes no USO frames: the engine cuts
 			// them, as netdev tells it to (offload.TXCapsFor).
 			noUSO := mode.noUSO || !kernelUSO && !mode.noVnetHdr
-			nr.mod = func(c *Config) { c.NoUSO = noUSO }
-			nr.start(features)
+			r.mod = func(c *Config) { c.NoUSO = noUSO }
+			r.start(features)
 			for _, v6 := range []bool{false, true} {
 				if !mode.noUSO {
-					t.Run(fmt.Sprintf("tcp/v6=%v", v6), func(t *testing.T) { txTCP(nr.use(t), v6) })
+					t.Run(fmt.Sprintf("tcp/v6=%v", v6), func(t *testing.T) { txTCP(r.use(t), v6) })
 				}
-				t.Run(fmt.Sprintf("udp_l4/v6=%v", v6), func(t *testing.T) { txUSO(nr.use(t), v6) })
+				t.Run(fmt.Sprintf("udp_l4/v6=%v", v6), func(t *testing.T) { txUSO(r.use(t), v6) })
 			}
-			nr.use(t)
-			s := nr.qp.Counters().Snapshot()
+			r.use(t)
+			s := r.qp.Counters().Snapshot()
 			if s[TXDropBadHeader]+s[TXDropKernel]+s[TXDropSoftware] != 0 {
 				t.Errorf("counters %s: want no TX drops", s)
 			}
@@ -88,16 +89,16 @@ func TestTAPGSOTransmit(t *testing.T) {
 // txTCP sends a 64 KB TSO frame over a real connection: the peer's
 // listener must read it all, and every segment that reached the peer must
 // carry its checksums and sequence numbers.
-func txTCP(nr *netRig, v6 bool) {
-	t := nr.t
-	network, addr, mss, max := "tcp4", "10.78.0.2:5001", 1448, 65535-ip4Len-32
+func txTCP(r *rig, v6 bool) {
+	t := r.t
+	network, addr, mss, max := "tcp4", "10.78.0.2:5001", 1448, 65535-frametest.IPv4Len-32
 	if v6 {
 		network, addr, mss, max = "tcp6", "[fd78::2]:5001", 1428, 65535-32
 	}
-	l := listenTCP(t, nr.peer, network, addr)
+	l := listenTCP(t, r.peerNS, network, addr)
 	defer l.Close()
-	capt := newCapture(t, nr.peer, "vp")
-	g := nr.dial(v6, 5001)
+	capt := newCapture(t, r.peerNS, "vp")
+	g := r.dial(v6, 5001)
 	// One frame as big as the peer's first window and an IP packet allow.
 	n := min(g.win, max)
 	if n < 60000 {
@@ -106,12 +107,12 @@ func txTCP(nr *netRig, v6 bool) {
 	data := pattern(n, 7)
 	res := acceptRead(l, n, 3*time.Second)
 	sent := g.write(data, mss)
-	r := <-res
-	if r.err != nil {
-		t.Fatalf("peer read: %v (counters %s)", r.err, nr.qp.Counters().Snapshot())
+	got := <-res
+	if got.err != nil {
+		t.Fatalf("peer read: %v (counters %s)", got.err, r.qp.Counters().Snapshot())
 	}
-	if !bytes.Equal(r.b, data) {
-		t.Fatalf("peer read %d bytes, different from the %d sent", len(r.b), n)
+	if !bytes.Equal(got.b, data) {
+		t.Fatalf("peer read %d bytes, different from the %d sent", len(got.b), n)
 	}
 	segs := capt.incoming(sentFlow(sent))
 	if err := checkSegments(segs, sent, mss); err != nil {
@@ -120,24 +121,24 @@ func txTCP(nr *netRig, v6 bool) {
 }
 
 // txUSO sends one USO frame: the peer's socket must get every datagram.
-func txUSO(nr *netRig, v6 bool) {
-	t := nr.t
+func txUSO(r *rig, v6 bool) {
+	t := r.t
 	network, addr, mss := "udp4", "10.78.0.2:6000", 1472
 	if v6 {
 		network, addr, mss = "udp6", "[fd78::2]:6000", 1452
 	}
-	c := listenUDP(t, nr.peer, network, addr)
-	capt := newCapture(t, nr.peer, "vp")
-	f := nr.flow(v6, 4000, 6000)
+	c := listenUDP(t, r.peerNS, network, addr)
+	capt := newCapture(t, r.peerNS, "vp")
+	f := r.flow(v6, 4000, 6000)
 	payload := pattern(mss*40+321, 9)
-	frame := f.udp(payload, true)
-	nr.send([]virtio.NetHdr{gsoHdr(frame, virtio.GSOUDPL4, mss)}, [][]byte{frame})
+	frame := udp(f, payload, true)
+	r.send([]virtio.NetHdr{gsoHdr(frame, virtio.GSOUDPL4, mss)}, [][]byte{frame})
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	buf := make([]byte, 65536)
 	for i := 0; i < 41; i++ {
 		k, from, err := c.ReadFromUDP(buf)
 		if err != nil {
-			t.Fatalf("datagram %d of 41: %v (counters %s)", i, err, nr.qp.Counters().Snapshot())
+			t.Fatalf("datagram %d of 41: %v (counters %s)", i, err, r.qp.Counters().Snapshot())
 		}
 		want := payload[i*mss : min((i+1)*mss, len(payload))]
 		if !bytes.Equal(buf[:k], want) || from.Port != 4000 {
@@ -151,13 +152,13 @@ func txUSO(nr *netRig, v6 bool) {
 
 // udpGSOSend sends payload from the peer to the guest as one UDP_SEGMENT
 // write of mss-byte datagrams.
-func udpGSOSend(t *testing.T, nr *netRig, v6 bool, port int, payload []byte, mss int) {
+func udpGSOSend(t testing.TB, r *rig, v6 bool, port int, payload []byte, mss int) {
 	t.Helper()
-	network, laddr, dst := "udp4", "10.78.0.2:0", &net.UDPAddr{IP: guest4, Port: port}
+	network, laddr, dst := "udp4", "10.78.0.2:0", &net.UDPAddr{IP: guest4.AsSlice(), Port: port}
 	if v6 {
-		network, laddr, dst = "udp6", "[fd78::2]:0", &net.UDPAddr{IP: guest6, Port: port}
+		network, laddr, dst = "udp6", "[fd78::2]:0", &net.UDPAddr{IP: guest6.AsSlice(), Port: port}
 	}
-	c := listenUDP(t, nr.peer, network, laddr)
+	c := listenUDP(t, r.peerNS, network, laddr)
 	rc, err := c.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func udpGSOSend(t *testing.T, nr *netRig, v6 bool, port int, payload []byte, mss
 // rxUDP sends a UDP GSO burst from the peer and checks what the guest got:
 // one GSO_UDP_L4 frame if it accepted USO, else the datagrams, every
 // header and checksum right. It returns the GSO frames seen.
-func rxUDP(t *testing.T, nr *netRig, v6 bool) int {
+func rxUDP(t testing.TB, r *rig, v6 bool) int {
 	t.Helper()
 	mss := 1472
 	if v6 {
@@ -184,17 +185,17 @@ func rxUDP(t *testing.T, nr *netRig, v6 bool) int {
 	}
 	payload := pattern(mss*20+99, 11)
 	port := 7000
-	udpGSOSend(t, nr, v6, port, payload, mss)
+	udpGSOSend(t, r, v6, port, payload, mss)
 	var got []byte
 	gso := 0
 	deadline := time.Now().Add(3 * time.Second)
 	for len(got) < len(payload) && time.Now().Before(deadline) {
-		for _, f := range nr.reap(20 * time.Millisecond) {
-			p, err := checkRX(f, nr.features, nr.mtu)
+		for _, f := range r.reap(20 * time.Millisecond) {
+			p, err := checkRX(f, r.features, r.o.mtu)
 			if err != nil {
 				t.Fatalf("received frame: %v", err)
 			}
-			if p == nil || p.proto != protUDP || p.dport != uint16(port) {
+			if p == nil || p.Proto != frametest.ProtoUDP || p.DstPort != uint16(port) {
 				continue
 			}
 			if f.hdr.GSOType == virtio.GSOUDPL4 {
@@ -203,24 +204,24 @@ func rxUDP(t *testing.T, nr *netRig, v6 bool) int {
 					t.Errorf("gso_size %d, want the sender's %d", f.hdr.GSOSize, mss)
 				}
 			}
-			got = append(got, p.payload...)
+			got = append(got, p.Payload...)
 		}
 	}
 	if !bytes.Equal(got, payload) {
-		t.Fatalf("guest got %d bytes of UDP payload, want the %d sent (counters %s)", len(got), len(payload), nr.qp.Counters().Snapshot())
+		t.Fatalf("guest got %d bytes of UDP payload, want the %d sent (counters %s)", len(got), len(payload), r.qp.Counters().Snapshot())
 	}
 	return gso
 }
 
 // rxTCP has the peer send n bytes to the guest over TCP; the guest checks
 // every frame. It returns the frames by GSO type.
-func rxTCP(t *testing.T, nr *netRig, v6 bool, port uint16, n int) map[virtio.GSOType]int {
+func rxTCP(t testing.TB, r *rig, v6 bool, port uint16, n int) map[virtio.GSOType]int {
 	t.Helper()
 	network, addr := "tcp4", fmt.Sprintf("10.78.0.2:%d", port)
 	if v6 {
 		network, addr = "tcp6", fmt.Sprintf("[fd78::2]:%d", port)
 	}
-	l := listenTCP(t, nr.peer, network, addr)
+	l := listenTCP(t, r.peerNS, network, addr)
 	defer l.Close()
 	data := pattern(n, 13)
 	done := make(chan error, 1)
@@ -236,8 +237,8 @@ func rxTCP(t *testing.T, nr *netRig, v6 bool, port uint16, n int) map[virtio.GSO
 		_, err = c.Write(data)
 		done <- err
 	}()
-	g := nr.dial(v6, port)
-	if err := g.read(n, 3*time.Second, func(f rxFrame) (*packet, error) { return checkRX(f, nr.features, nr.mtu) }); err != nil {
+	g := r.dial(v6, port)
+	if err := g.read(n, 3*time.Second, func(f rxFrame) (*frametest.Packet, error) { return checkRX(f, r.features, r.o.mtu) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
@@ -246,15 +247,15 @@ func rxTCP(t *testing.T, nr *netRig, v6 bool, port uint16, n int) map[virtio.GSO
 	if !bytes.Equal(g.got, data) {
 		t.Fatalf("guest got %d bytes, different from the %d sent", len(g.got), n)
 	}
-	if nr.onConn != nil {
-		nr.onConn(g)
+	if r.onConn != nil {
+		r.onConn(g)
 	}
 	return g.gsoSeen
 }
 
 func TestTAPGSOReceive(t *testing.T) {
 	all, _ := guestAll(t)
-	nr := newNetRig(t, netOptions{})
+	r := newRig(t, rigOptions{net: true})
 	for _, tc := range []struct {
 		name     string
 		features virtio.Features
@@ -264,27 +265,27 @@ func TestTAPGSOReceive(t *testing.T) {
 		{"none", allTX},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			nr.use(t)
-			if err := nr.dev.SetOffload(offload.TunFlagsFor(tc.features)); err != nil {
+			r.use(t)
+			if err := r.dev.SetOffload(offload.TunFlagsFor(tc.features)); err != nil {
 				t.Fatal(err)
 			}
-			nr.start(tc.features)
+			r.start(tc.features)
 			for _, v6 := range []bool{false, true} {
 				tso, uso := virtio.NetFGuestTSO4, virtio.NetFGuestUSO4
 				tcpGSO := virtio.GSOTCPv4
 				if v6 {
 					tso, uso, tcpGSO = virtio.NetFGuestTSO6, virtio.NetFGuestUSO6, virtio.GSOTCPv6
 				}
-				gso := rxUDP(t, nr, v6)
+				gso := rxUDP(t, r, v6)
 				if want := tc.features.Has(uso); (gso > 0) != want {
 					t.Errorf("v6=%v: %d GSO_UDP_L4 frames, want them %v", v6, gso, want)
 				}
-				seen := rxTCP(t, nr, v6, 5002, 1<<20)
+				seen := rxTCP(t, r, v6, 5002, 1<<20)
 				if want := tc.features.Has(tso); (seen[tcpGSO] > 0) != want {
 					t.Errorf("v6=%v: frames by gso_type %v, want %v frames %v", v6, seen, tcpGSO, want)
 				}
 			}
-			if s := nr.qp.Counters().Snapshot(); s[RXDropKernel]+s[RXDropTruncated]+s[RXDropBadDescriptor] != 0 {
+			if s := r.qp.Counters().Snapshot(); s[RXDropKernel]+s[RXDropTruncated]+s[RXDropBadDescriptor] != 0 {
 				t.Errorf("counters %s: want no RX drops", s)
 			}
 		})

@@ -44,8 +44,8 @@ func offloadSubsets(have offload.TunFlags) []offload.TunFlags {
 // the GSO frames it accepted and no other, and sends GSO frames that the
 // peer's stack takes.
 func TestTAPOffloadCombinations(t *testing.T) {
-	nr := newNetRig(t, netOptions{})
-	f := nr.dev.DriverFeatures()
+	r := newRig(t, rigOptions{net: true})
+	f := r.dev.DriverFeatures()
 	if !f.OffloadsProbed {
 		t.Fatalf("offloads not probed as root: %s", f)
 	}
@@ -57,36 +57,36 @@ func TestTAPOffloadCombinations(t *testing.T) {
 	// The guest may send USO frames whatever the kernel takes: before
 	// Linux 6.2 the engine cuts them (offload.TXCapsFor).
 	kernelUSO := f.Supports(offload.TunUSO4 | offload.TunUSO6)
-	nr.mod = func(c *Config) { c.NoUSO = !kernelUSO }
+	r.mod = func(c *Config) { c.NoUSO = !kernelUSO }
 	subsets := offloadSubsets(have)
 	t.Logf("kernel offloads %s: %d valid combinations", have, len(subsets))
 	for _, set := range subsets {
 		t.Run(set.String(), func(t *testing.T) {
-			nr.use(t)
+			r.use(t)
 			acked := virtio.FVersion1 | virtio.NetFMrgRxbuf | offload.Offer(set, true, offload.OfferOptions{})
 			if got := offload.TunFlagsFor(acked); got != set {
 				t.Fatalf("TunFlags(Offer(%s)) = %s", set, got)
 			}
-			if err := nr.dev.SetOffload(offload.TunFlagsFor(acked)); err != nil {
+			if err := r.dev.SetOffload(offload.TunFlagsFor(acked)); err != nil {
 				t.Fatal(err)
 			}
-			nr.start(acked)
+			r.start(acked)
 			for _, v6 := range []bool{false, true} {
 				uso, tso, tcpGSO := virtio.NetFGuestUSO4, virtio.NetFGuestTSO4, virtio.GSOTCPv4
 				if v6 {
 					uso, tso, tcpGSO = virtio.NetFGuestUSO6, virtio.NetFGuestTSO6, virtio.GSOTCPv6
 				}
-				if gso := rxUDP(t, nr, v6); (gso > 0) != acked.Has(uso) {
+				if gso := rxUDP(t, r, v6); (gso > 0) != acked.Has(uso) {
 					t.Errorf("v6=%v: %d GSO_UDP_L4 frames with %s acked", v6, gso, acked)
 				}
-				seen := rxTCP(t, nr, v6, 5003, 256<<10)
+				seen := rxTCP(t, r, v6, 5003, 256<<10)
 				if (seen[tcpGSO]+seen[tcpGSO|virtio.GSOECN] > 0) != acked.Has(tso) {
 					t.Errorf("v6=%v: frames by gso_type %v with %s acked", v6, seen, acked)
 				}
 			}
-			txTCP(nr, false)
-			txUSO(nr, true)
-			s := nr.qp.Counters().Snapshot()
+			txTCP(r, false)
+			txUSO(r, true)
+			s := r.qp.Counters().Snapshot()
 			if s[TXDropBadHeader]+s[TXDropKernel]+s[RXDropKernel]+s[RXDropTruncated]+s[RXDropBadDescriptor] != 0 {
 				t.Errorf("counters %s: want no drops", s)
 			}
@@ -99,33 +99,33 @@ func TestTAPOffloadCombinations(t *testing.T) {
 // frame before the TAP. (Linux stacks stopped making UFO frames in 4.14,
 // so GUEST_UFO can be acked but never sees one.)
 func TestTAPReceiveECN(t *testing.T) {
-	nr := newNetRig(t, netOptions{})
-	if f := nr.dev.DriverFeatures(); !f.Supports(offload.TunCsum | offload.TunTSO4 | offload.TunTSOECN) {
+	r := newRig(t, rigOptions{net: true})
+	if f := r.dev.DriverFeatures(); !f.Supports(offload.TunCsum | offload.TunTSO4 | offload.TunTSOECN) {
 		testutil.Skip(t, "kernel without TUN_F_TSO_ECN: %s", f)
 	}
-	nr.ecn = true
+	r.ecn = true
 	for _, ecn := range []bool{true, false} {
-		t.Run(fmt.Sprintf("guest_ecn=%v", ecn), func(t *testing.T) { rxECN(nr.use(t), ecn) })
+		t.Run(fmt.Sprintf("guest_ecn=%v", ecn), func(t *testing.T) { rxECN(r.use(t), ecn) })
 	}
 }
 
-func rxECN(nr *netRig, ecn bool) {
-	t := nr.t
+func rxECN(r *rig, ecn bool) {
+	t := r.t
 	acked := allTX | virtio.NetFGuestCsum | virtio.NetFGuestTSO4
 	if ecn {
 		acked |= virtio.NetFGuestECN
 	}
-	if err := nr.dev.SetOffload(offload.TunFlagsFor(acked)); err != nil {
+	if err := r.dev.SetOffload(offload.TunFlagsFor(acked)); err != nil {
 		t.Fatal(err)
 	}
-	nr.start(acked)
+	r.start(acked)
 	// rxTCP's checks refuse an ECN frame the guest did not accept. A
 	// CWR segment goes alone when the peer had no more to send at
 	// once: try a few connections for one sent as GSO.
 	var all []virtio.GSOType
 	found := false
 	for try := 0; try < 5 && !found; try++ {
-		cwr := rxTCPECN(t, nr, 256<<10)
+		cwr := rxTCPECN(t, r, 256<<10)
 		all = append(all, cwr...)
 		for _, g := range cwr {
 			switch {
@@ -150,11 +150,11 @@ func rxECN(nr *netRig, ecn bool) {
 
 // rxTCPECN is rxTCP for an ECN connection; it returns the gso_type of the
 // frames with CWR.
-func rxTCPECN(t *testing.T, nr *netRig, n int) []virtio.GSOType {
+func rxTCPECN(t testing.TB, r *rig, n int) []virtio.GSOType {
 	t.Helper()
 	var cwr []virtio.GSOType
-	nr.onConn = func(g *guestTCP) { cwr = g.cwr }
-	defer func() { nr.onConn = nil }()
-	rxTCP(t, nr, false, 5004, n)
+	r.onConn = func(g *guestTCP) { cwr = g.cwr }
+	defer func() { r.onConn = nil }()
+	rxTCP(t, r, false, 5004, n)
 	return cwr
 }

@@ -4,234 +4,27 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"os"
+	"net"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/vmnet-dev/vmnet/internal/frametest"
 	"github.com/vmnet-dev/vmnet/virtio"
-	"github.com/vmnet-dev/vmnet/virtio/virtiotest"
 )
 
-// rig is a queue pair over a SOCK_SEQPACKET socketpair standing in for the
-// TAP queue file, with Go guests driving its two virtqueues.
-type rig struct {
-	t        *testing.T
-	qp       *QueuePair
-	rx, tx   *virtiotest.Guest
-	peer     int // the "kernel" end of the socketpair
-	tap      *os.File
-	rxKick   *EventFD
-	txKick   *EventFD
-	rxCall   *EventFD
-	txCall   *EventFD
-	hdrLen   int
-	features virtio.Features
-	mod      func(*Config) // adjusts the config of every queue pair newQP makes
-}
-
-type rigOptions struct {
-	size     uint16
-	packed   bool
-	features virtio.Features
-	rxSlot   int // bytes of buffer memory per RX chain
-	txSlot   int
-	guest    virtiotest.Options
-	mtu      int
-	mod      func(*Config)
-}
-
-func newRig(t *testing.T, o rigOptions) *rig {
-	t.Helper()
-	if o.size == 0 {
-		o.size = 256
-	}
-	if o.features == 0 {
-		o.features = virtio.FVersion1
-	}
-	if o.rxSlot == 0 {
-		o.rxSlot = 2048
-	}
-	if o.txSlot == 0 {
-		o.txSlot = 2048
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, fd := range fds {
-		// Room for 64 KiB frames in flight.
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	}
-	unix.SetNonblock(fds[0], true)
-	r := &rig{t: t, peer: fds[1], tap: os.NewFile(uintptr(fds[0]), "tap"), features: o.features,
-		hdrLen: virtio.HdrLenFor(o.features), mod: o.mod}
-	t.Cleanup(func() { unix.Close(r.peer); r.tap.Close() })
-	gopts := o.guest
-	gopts.SlotSize = o.rxSlot
-	if r.rx, err = virtiotest.NewGuest(o.size, o.packed, gopts); err != nil {
-		t.Fatal(err)
-	}
-	gopts.SlotSize = o.txSlot
-	if r.tx, err = virtiotest.NewGuest(o.size, o.packed, gopts); err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range []**EventFD{&r.rxKick, &r.txKick, &r.rxCall, &r.txCall} {
-		if *e, err = NewEventFD(); err != nil {
-			t.Fatal(err)
-		}
-		ev := *e
-		t.Cleanup(func() { ev.Close() })
-	}
-	r.qp = r.newQP(o.mtu)
-	if err := r.qp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := r.qp.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return r
-}
-
-func (r *rig) newQP(mtu int) *QueuePair {
-	r.t.Helper()
-	rxq, err := r.rx.NewQueue()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	txq, err := r.tx.NewQueue()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	cfg := Config{RX: rxq, TX: txq, RXKick: r.rxKick, TXKick: r.txKick, RXCall: r.rxCall, TXCall: r.txCall,
-		TAP: r.tap, HdrLen: r.hdrLen, Features: r.features, MTU: mtu}
-	if r.mod != nil {
-		r.mod(&cfg)
-	}
-	qp, err := New(cfg)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return qp
-}
-
-// frame makes an Ethernet frame of n bytes whose payload encodes seq.
+// frame makes an Ethernet frame of n bytes (the local experimental
+// EtherType) whose payload encodes seq.
 func frame(n int, seq int) []byte {
-	f := make([]byte, n)
-	copy(f, []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x88, 0xb5})
-	for i := 14; i < n; i++ {
-		f[i] = byte(seq + i)
+	p := make([]byte, max(n-frametest.EthLen, 0))
+	for i := range p {
+		p[i] = byte(seq + frametest.EthLen + i)
 	}
-	if n >= 18 {
-		binary.BigEndian.PutUint32(f[14:], uint32(seq))
+	if len(p) >= 4 {
+		binary.BigEndian.PutUint32(p, uint32(seq))
 	}
-	return f
-}
-
-// sendTX posts frames on the TX ring behind zero headers and kicks.
-func (r *rig) sendTX(frames ...[]byte) {
-	r.t.Helper()
-	for _, f := range frames {
-		if _, err := r.tx.PostTX(append(make([]byte, r.hdrLen), f...)); err != nil {
-			r.t.Fatalf("post TX: %v", err)
-		}
-	}
-	if r.tx.Kick() {
-		r.txKick.Notify()
-	}
-}
-
-// readPeer reads one message from the kernel end, or nil after wait.
-func (r *rig) readPeer(wait time.Duration) []byte {
-	r.t.Helper()
-	buf := make([]byte, 70000)
-	fds := []unix.PollFd{{Fd: int32(r.peer), Events: unix.POLLIN}}
-	deadline := time.Now().Add(wait)
-	for {
-		// A signal (the Go runtime preempts with SIGURG) ends poll early.
-		n, err := unix.Poll(fds, int(time.Until(deadline)/time.Millisecond))
-		if err == unix.EINTR && time.Now().Before(deadline) {
-			continue
-		}
-		if err != nil || n == 0 {
-			return nil
-		}
-		break
-	}
-	n, err := unix.Read(r.peer, buf)
-	if err != nil {
-		r.t.Fatalf("read peer: %v", err)
-	}
-	return buf[:n]
-}
-
-// writePeer sends a frame from the kernel end behind a zero header.
-func (r *rig) writePeer(f []byte) {
-	r.t.Helper()
-	if _, err := unix.Write(r.peer, append(make([]byte, r.hdrLen), f...)); err != nil {
-		r.t.Fatalf("write peer: %v", err)
-	}
-}
-
-// postRX posts n receive chains of size bytes and kicks.
-func (r *rig) postRX(n, size int) {
-	r.t.Helper()
-	for i := 0; i < n; i++ {
-		if _, err := r.rx.PostRX(size); err != nil {
-			r.t.Fatalf("post RX %d: %v", i, err)
-		}
-	}
-	if r.rx.Kick() {
-		r.rxKick.Notify()
-	}
-}
-
-// reapFrames collects want frames from the RX ring, merging chains by
-// num_buffers, within a deadline.
-func (r *rig) reapFrames(want int, wait time.Duration) [][]byte {
-	r.t.Helper()
-	var frames [][]byte
-	var used []virtiotest.Used
-	deadline := time.Now().Add(wait)
-	for len(frames) < want && time.Now().Before(deadline) {
-		used = append(used, r.rx.Reap()...)
-		if err := r.rx.Err(); err != nil {
-			r.t.Fatalf("guest: %v", err)
-		}
-		for len(used) > 0 {
-			u := used[0]
-			if len(u.Data) < r.hdrLen {
-				r.t.Fatalf("used buffer of %d bytes, shorter than the header", len(u.Data))
-			}
-			nb := 1
-			if r.hdrLen >= virtio.HdrLenV1 {
-				nb = int(binary.LittleEndian.Uint16(u.Data[10:]))
-			}
-			if !r.features.Has(virtio.NetFMrgRxbuf) && nb != 1 {
-				r.t.Fatalf("num_buffers %d without MRG_RXBUF", nb)
-			}
-			if nb < 1 {
-				r.t.Fatalf("num_buffers %d", nb)
-			}
-			if len(used) < nb {
-				break
-			}
-			f := append([]byte(nil), u.Data[r.hdrLen:]...)
-			for _, v := range used[1:nb] {
-				f = append(f, v.Data...)
-			}
-			frames = append(frames, f)
-			used = used[nb:]
-		}
-		if len(frames) < want {
-			time.Sleep(time.Millisecond)
-		}
-	}
-	return frames
+	f := frametest.Spec{DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2},
+		EtherType: 0x88b5, Payload: p}.Build()
+	return f[:n]
 }
 
 func TestTXFrameSizes(t *testing.T) {
@@ -407,15 +200,7 @@ func TestStopGivesBuffersBack(t *testing.T) {
 	}
 	// A new queue pair on the same queues (as after GET_VRING_BASE and a
 	// restart at that index) delivers into the buffers.
-	qp, err := New(Config{RX: r.qp.cfg.RX, TX: r.qp.cfg.TX, RXKick: r.rxKick, TXKick: r.txKick, RXCall: r.rxCall, TXCall: r.txCall,
-		TAP: r.tap, HdrLen: r.hdrLen, Features: r.features})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := qp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.qp = qp
+	r.run(r.qp.cfg.RX, r.qp.cfg.TX)
 	r.writePeer(frame(3000, 7))
 	got := r.reapFrames(1, 2*time.Second)
 	if len(got) != 1 || !bytes.Equal(got[0], frame(3000, 7)) {
