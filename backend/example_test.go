@@ -103,10 +103,10 @@ func Example() {
 	// The driver resets the device: where each queue stopped is what a
 	// VMM saves to resume the rings later (QueueConfig.Resume).
 	states := dev.Reset()
-	fmt.Printf("transmit queue 0 stopped after %d chain\n", states[1].NextAvail&^virtio.PackedWrap)
+	fmt.Printf("transmit queue 0 stopped at %d\n", states[1].NextAvail&^virtio.PackedWrap)
 	// Output:
 	// guest: 10.0.0.1 is at the TAP's MAC: true
-	// transmit queue 0 stopped after 1 chain
+	// transmit queue 0 stopped at 1
 }
 
 var (

@@ -43,7 +43,8 @@ type QueueConfig struct {
 }
 
 // QueueState is where a stopped virtqueue left off. NextAvail is the next
-// available entry the device will read; for a packed ring bit 15 is the
+// available entry the device will read (a split ring counts chains, a
+// packed ring descriptors); for a packed ring bit 15 is the
 // driver ring wrap counter, and NextUsed, with the device ring wrap
 // counter in bit 15, is where the next used descriptor goes. A split ring
 // keeps its used index in guest memory, and reads it back from there when
