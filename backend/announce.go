@@ -15,17 +15,26 @@ func (d *Device) Announce(mac net.HardwareAddr) error {
 	if len(mac) != 6 {
 		return fmt.Errorf("announce: %d-byte MAC, want 6", len(mac))
 	}
+	// Which TAP queues are attached is the device's to decide, under
+	// d.mu: a queue pair starting or stopping on queue 0 meanwhile must
+	// not find it detached under its feet, nor leave it attached.
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	q, err := d.opts.TAP.OpenQueue(0)
 	if err != nil {
 		return fmt.Errorf("announce: %w", err)
 	}
 	// A detached queue file cannot write (tun.c returns EBUSY): attach
 	// queue 0 for the write when no queue pair runs on it.
-	if !q.Enabled() {
+	if d.pairs[0].run == nil {
 		if err := d.opts.TAP.EnableQueue(0); err != nil {
 			return fmt.Errorf("announce: %w", err)
 		}
-		defer d.opts.TAP.DisableQueue(0)
+		defer func() {
+			if err := d.opts.TAP.DisableQueue(0); err != nil {
+				d.log.Warn("detach TAP queue 0 after an announce", "error", err)
+			}
+		}()
 	}
 	hdr := d.opts.TAP.VnetHdrSize()
 	f := make([]byte, hdr+60) // a zero vnet header, then the padded frame

@@ -390,6 +390,9 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	if i := d.running(); i >= 0 {
 		return fmt.Errorf("set features: queue %d is running", i)
 	}
+	// Until the TAP agrees, the device has no features: a failure below
+	// must not leave the old ones acked over a TAP set up for the new.
+	d.ackedOK = false
 	if err := d.opts.TAP.SetVnetHdrSize(virtio.HdrLenFor(acked)); err != nil {
 		return fmt.Errorf("set features: %w", err)
 	}

@@ -195,3 +195,58 @@ func TestAnnounce(t *testing.T) {
 		t.Errorf("tcpdump saw:\n%s\nwant a RARP from %s", got, mac)
 	}
 }
+
+// Announce attaches TAP queue 0 for its write only while no queue pair
+// runs there, under the device's lock: a pair starting and stopping on
+// queue 0 at the same time always finds its queue attached while it runs
+// and detached once it stopped.
+func TestAnnounceWhilePairStarts(t *testing.T) {
+	d, tp, _ := newTestDevice(t, 1, Options{})
+	if err := tp.SetUp(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetFeatures(virtio.FVersion1 | virtio.NetFMrgRxbuf); err != nil {
+		t.Fatal(err)
+	}
+	mac := net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0xbb, 0xcc}
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				close(done)
+				return
+			default:
+			}
+			if err := d.Announce(mac); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for i := 0; i < 200; i++ {
+		rx, tx := newRing(t), newRing(t)
+		if err := d.startQueue(0, rx.q, rx.kick.File(), rx.call.File()); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.startQueue(1, tx.q, tx.kick.File(), tx.call.File()); err != nil {
+			t.Fatal(err)
+		}
+		if n := attached(t, tp); n != 1 {
+			t.Fatalf("round %d, pair 0 running: %d TAP queues attached, want 1", i, n)
+		}
+		for _, q := range []int{1, 0} {
+			if _, err := d.stopQueue(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := attached(t, tp); n != 0 {
+		t.Errorf("pair 0 stopped: %d TAP queues attached, want 0", n)
+	}
+}
