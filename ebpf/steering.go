@@ -23,8 +23,9 @@ const (
 	// SteeringKernel leaves the choice to tun.c's flow table: a flow
 	// follows the queue the guest last sent it on. No program runs.
 	SteeringKernel Steering = "kernel"
-	// SteeringHash runs HashProgram: a flow's addresses and ports pick
-	// its queue, the same for the flow's whole life.
+	// SteeringHash attaches the flow-hash program (LoadHashProgram): a
+	// flow's addresses and ports pick its queue, the same for the flow's
+	// whole life.
 	SteeringHash Steering = "hash"
 )
 

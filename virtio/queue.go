@@ -12,6 +12,7 @@
 // The hot path, Pop, Push and Flush of a reused Chain, allocates nothing.
 // Unsafe code is limited to ring_unsafe.go, which also explains the memory
 // ordering against the driver.
+
 package virtio
 
 import (
