@@ -53,7 +53,7 @@ func TestTAPGSOTransmit(t *testing.T) {
 				r.useTAP(true, virtio.HdrLenFor(features), 0)
 			}
 			// A kernel before 6.2 takes no USO frames: the engine cuts
-			// them, as netdev tells it to (offload.TXCapsFor).
+			// them, as the device tells it to (offload.TXCapsFor).
 			noUSO := mode.noUSO || !kernelUSO && !mode.noVnetHdr
 			r.mod = func(c *Config) { c.NoUSO = noUSO }
 			r.start(features)
