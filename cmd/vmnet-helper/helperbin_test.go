@@ -22,7 +22,8 @@ import (
 
 // The privileged modes drop the privileges of the process they run in,
 // so their tests run the real binary, built as `make build` builds it
-// (CGO_ENABLED=0), the way QEMU and users run it.
+// (CGO_ENABLED=0), the way QEMU and users run it; the privilege tests
+// build it with cgo too, as `go install` does.
 
 // publicDir returns a fresh directory that other users can enter and
 // read, for binaries they run.
@@ -44,7 +45,14 @@ func buildHelper(t *testing.T, dir string, ldflags ...string) string {
 	return goBuild(t, dir, "vmnet-helper", ".", ldflags...)
 }
 
+// goBuild builds pkg with CGO_ENABLED=0.
 func goBuild(t *testing.T, dir, name, pkg string, ldflags ...string) string {
+	t.Helper()
+	return goBuildCgo(t, false, dir, name, pkg, ldflags...)
+}
+
+// goBuildCgo builds pkg with CGO_ENABLED=1 when cgo is true, 0 otherwise.
+func goBuildCgo(t *testing.T, cgo bool, dir, name, pkg string, ldflags ...string) string {
 	t.Helper()
 	out := filepath.Join(dir, name)
 	args := []string{"build", "-o", out}
@@ -53,10 +61,38 @@ func goBuild(t *testing.T, dir, name, pkg string, ldflags ...string) string {
 	}
 	cmd := exec.Command("go", append(args, pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if cgo {
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	}
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		t.Fatalf("go build %s (cgo %v): %v\n%s", pkg, cgo, err, b)
 	}
 	return out
+}
+
+// installCopy copies bin to dir/name/vmnet-helper and runs setup (a
+// command to which the copy's path is appended: chmod 4755, setcap ...)
+// on it, as a packager installs the helper.
+func installCopy(t *testing.T, bin, dir, name string, setup ...string) string {
+	t.Helper()
+	d := filepath.Join(dir, name)
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(d, "vmnet-helper")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if len(setup) > 0 {
+		if out, err := exec.Command(setup[0], append(setup[1:], p)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", setup, err, out)
+		}
+	}
+	return p
 }
 
 // writeACL writes an access list that root owns and nobody else may

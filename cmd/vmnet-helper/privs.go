@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 )
 
 // vmnet-helper often runs on behalf of a less privileged caller: setuid
@@ -27,14 +29,14 @@ import (
 //     each TAP it makes, and no_new_privs.
 //
 // Capabilities and no_new_privs are per thread in Linux, and a Go process
-// has several, so every change goes through syscall.AllThreadsSyscall
-// (and the setuid family, which Go applies to all threads itself). That
-// is unavailable in a binary built with cgo; such a binary refuses to
-// run privileged rather than drop privileges on one thread only. `make
-// build` builds with CGO_ENABLED=0.
-
-// errCgo says this binary cannot change privileges on every thread.
-var errCgo = errors.New("this vmnet-helper was built with cgo and cannot drop privileges on every thread; build it with CGO_ENABLED=0 (make build does)")
+// has several, so every change goes through libcap's cap package, whose
+// psx package makes each change on every thread: with
+// syscall.AllThreadsSyscall in a CGO_ENABLED=0 build, with libpsx (which
+// signals each thread listed in /proc/self/task, no linker flags since
+// libcap 2.72) in a cgo build. The setuid family is applied to all threads
+// by Go itself in both (AllThreadsSyscall, or glibc's setxid broadcast).
+// Whatever the mechanism, dropPrivileges and keepOnlyNetAdmin then read
+// every thread's status back and fail unless the drop took everywhere.
 
 // atSecure is AT_SECURE in include/uapi/linux/auxvec.h.
 const atSecure = 23
@@ -86,27 +88,16 @@ func refuseWhenSetuid(command string) error {
 	return usagef("%s: refused when vmnet-helper runs setuid or with file capabilities; only bridge-helper and exec check their caller against the access list", command)
 }
 
-// capSets reads this thread's effective, permitted and inheritable sets.
-func capSets() (eff, prm, inh uint64, err error) {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return 0, 0, 0, fmt.Errorf("capget: %w", err)
-	}
-	join := func(lo, hi uint32) uint64 { return uint64(hi)<<32 | uint64(lo) }
-	return join(data[0].Effective, data[1].Effective), join(data[0].Permitted, data[1].Permitted),
-		join(data[0].Inheritable, data[1].Inheritable), nil
-}
-
-func hasCap(c int) bool {
-	eff, _, _, err := capSets()
-	return err == nil && eff&(1<<uint(c)) != 0
+// hasCap reports whether c is in this thread's effective set.
+func hasCap(c cap.Value) bool {
+	on, err := cap.GetProc().GetFlag(cap.Effective, c)
+	return err == nil && on
 }
 
 // requireNetAdmin fails early and clearly when vmnet-helper cannot make
 // TAP devices at all.
 func requireNetAdmin(what string) error {
-	if hasCap(unix.CAP_NET_ADMIN) {
+	if hasCap(cap.NET_ADMIN) {
 		return nil
 	}
 	return fmt.Errorf("%s needs CAP_NET_ADMIN: run vmnet-helper as root, or install it setuid root or with file capabilities (setcap cap_net_admin+ep): %w",
@@ -135,7 +126,8 @@ func callerIDs() (*ids, error) {
 // dropPrivileges gives up every capability on every thread, becomes to
 // (when not nil) and sets no_new_privs. It then checks every thread.
 func dropPrivileges(to *ids) error {
-	if err := dropBounding(0); err != nil {
+	bounded, err := limitInheritance(nil)
+	if err != nil {
 		return err
 	}
 	if to != nil {
@@ -150,86 +142,109 @@ func dropPrivileges(to *ids) error {
 			return fmt.Errorf("drop privileges: setresuid %d: %w", to.uid, err)
 		}
 	}
-	if err := capsetAllThreads(0, 0, 0); err != nil {
-		return fmt.Errorf("drop privileges: %w", err)
+	if err := setCaps(nil); err != nil {
+		return err
 	}
 	if err := noNewPrivs(); err != nil {
 		return err
 	}
-	return verifyThreads(0, to)
+	return verifyThreads(0, bounded, to)
 }
 
 // keepOnlyNetAdmin gives up every capability but CAP_NET_ADMIN on every
 // thread and sets no_new_privs.
 func keepOnlyNetAdmin() error {
-	keep := uint64(1) << unix.CAP_NET_ADMIN
-	if err := dropBounding(keep); err != nil {
+	keep := []cap.Value{cap.NET_ADMIN}
+	bounded, err := limitInheritance(keep)
+	if err != nil {
 		return err
 	}
-	if err := capsetAllThreads(keep, keep, 0); err != nil {
-		return fmt.Errorf("drop privileges: %w", err)
+	if err := setCaps(keep); err != nil {
+		return err
 	}
 	if err := noNewPrivs(); err != nil {
 		return err
 	}
-	return verifyThreads(keep, nil)
+	return verifyThreads(mask(keep), bounded, nil)
 }
 
-// dropBounding clears the ambient set and, with CAP_SETPCAP, every
-// capability not in keep from the bounding set, so not even a later exec
-// of a file with capabilities could bring one back.
-func dropBounding(keep uint64) error {
-	if _, _, errno := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0); errno != 0 {
-		if errno == unix.ENOTSUP {
-			return errCgo
-		}
-		if errno != unix.EINVAL { // kernels before 4.3 have no ambient set
-			return fmt.Errorf("drop privileges: clear ambient capabilities: %w", errno)
+// limitInheritance empties the inheritable and ambient sets and, when
+// CAP_SETPCAP is permitted, drops every capability not in keep from the
+// bounding set, so not even a later exec of a file with capabilities
+// could bring one back. It reports whether it limited the bounding set.
+func limitInheritance(keep []cap.Value) (bounded bool, err error) {
+	iab := cap.NewIAB()
+	on, err := cap.GetProc().GetFlag(cap.Permitted, cap.SETPCAP)
+	if err != nil {
+		return false, fmt.Errorf("drop privileges: read permitted set: %w", err)
+	}
+	if on {
+		for c := cap.Value(0); c < cap.MaxBits(); c++ {
+			if !slices.Contains(keep, c) {
+				if err := iab.SetVector(cap.Bound, true, c); err != nil {
+					return false, fmt.Errorf("drop privileges: bounding set %s: %w", c, err)
+				}
+			}
 		}
 	}
-	if !hasCap(unix.CAP_SETPCAP) {
-		return nil
+	// SetProc clears the ambient set only when it finds a bit raised in
+	// it, so kernels before 4.3, which have none, are no error.
+	if err := iab.SetProc(); err != nil {
+		return false, fmt.Errorf("drop privileges: set inheritable, ambient and bounding to %q: %w", iab, err)
 	}
-	for c := 0; c <= lastCap(); c++ {
-		if keep&(1<<uint(c)) != 0 {
-			continue
-		}
-		if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); errno != 0 {
-			return fmt.Errorf("drop privileges: PR_CAPBSET_DROP %d: %w", c, errno)
-		}
+	return on, nil
+}
+
+// setCaps makes keep the effective and permitted sets of every thread,
+// and empties the inheritable set.
+func setCaps(keep []cap.Value) error {
+	c := cap.NewSet()
+	if err := c.SetFlag(cap.Permitted, true, keep...); err != nil {
+		return fmt.Errorf("drop privileges: %w", err)
+	}
+	if err := c.SetFlag(cap.Effective, true, keep...); err != nil {
+		return fmt.Errorf("drop privileges: %w", err)
+	}
+	if err := c.SetProc(); err != nil {
+		return fmt.Errorf("drop privileges: set capabilities to %q: %w", c, err)
 	}
 	return nil
 }
 
 func noNewPrivs() error {
-	if _, _, errno := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0); errno != 0 {
-		if errno == unix.ENOTSUP {
-			return errCgo
-		}
-		return fmt.Errorf("drop privileges: PR_SET_NO_NEW_PRIVS: %w", errno)
+	if _, err := cap.Prctlw(unix.PR_SET_NO_NEW_PRIVS, 1); err != nil {
+		return fmt.Errorf("drop privileges: PR_SET_NO_NEW_PRIVS: %w", err)
 	}
 	return nil
 }
 
-// lastCap is the highest capability the running kernel knows.
-func lastCap() int {
-	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	if err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 && n < 64 {
-			return n
-		}
+// mask is vals as the bits of /proc/PID/status's Cap* lines.
+func mask(vals []cap.Value) uint64 {
+	var m uint64
+	for _, v := range vals {
+		m |= 1 << uint(v)
 	}
-	return unix.CAP_LAST_CAP
+	return m
 }
 
 // verifyThreads reads every thread's status and checks that the drop
 // took everywhere: the effective and permitted sets are want, the
-// inheritable and ambient sets are empty, no_new_privs is on, and the
-// uids are to's.
-func verifyThreads(want uint64, to *ids) error {
+// inheritable and ambient sets are empty, the bounding set is want
+// when it was limited, no_new_privs is on, and the ids are to's.
+func verifyThreads(want uint64, bounded bool, to *ids) error {
 	tasks, err := filepath.Glob("/proc/self/task/*/status")
 	if err != nil || len(tasks) == 0 {
 		return fmt.Errorf("verify dropped privileges: list threads: %w", errors.Join(err, os.ErrNotExist))
+	}
+	checks := []struct {
+		key  string
+		want uint64
+	}{{"CapEff", want}, {"CapPrm", want}, {"CapInh", 0}, {"CapAmb", 0}, {"NoNewPrivs", 1}}
+	if bounded {
+		checks = append(checks, struct {
+			key  string
+			want uint64
+		}{"CapBnd", want})
 	}
 	for _, path := range tasks {
 		st, err := readStatus(path)
@@ -239,10 +254,7 @@ func verifyThreads(want uint64, to *ids) error {
 			}
 			return fmt.Errorf("verify dropped privileges: %w", err)
 		}
-		for _, c := range []struct {
-			key  string
-			want uint64
-		}{{"CapEff", want}, {"CapPrm", want}, {"CapInh", 0}, {"CapAmb", 0}, {"NoNewPrivs", 1}} {
+		for _, c := range checks {
 			v, ok := st[c.key]
 			if !ok && c.key == "CapAmb" {
 				continue
@@ -253,11 +265,38 @@ func verifyThreads(want uint64, to *ids) error {
 			}
 		}
 		if to != nil {
-			want := fmt.Sprintf("%d\t%d\t%d\t%d", to.uid, to.uid, to.uid, to.uid)
-			if got := st["Uid"]; got != want {
-				return fmt.Errorf("verify dropped privileges: %s: Uid %q, want %q", path, got, want)
+			if err := checkIDs(path, st, to); err != nil {
+				return fmt.Errorf("verify dropped privileges: %w", err)
 			}
 		}
+	}
+	return nil
+}
+
+// checkIDs checks a thread's real, effective, saved and filesystem
+// uids and gids and its supplementary groups against to.
+func checkIDs(path string, st map[string]string, to *ids) error {
+	for _, c := range []struct {
+		key string
+		id  int
+	}{{"Uid", to.uid}, {"Gid", to.gid}} {
+		if want := fmt.Sprintf("%d\t%d\t%d\t%d", c.id, c.id, c.id, c.id); st[c.key] != want {
+			return fmt.Errorf("%s: %s %q, want %q", path, c.key, st[c.key], want)
+		}
+	}
+	var got []int
+	for _, f := range strings.Fields(st["Groups"]) {
+		g, err := strconv.Atoi(f)
+		if err != nil {
+			return fmt.Errorf("%s: Groups %q: %w", path, st["Groups"], err)
+		}
+		got = append(got, g)
+	}
+	want := slices.Clone(to.groups)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(slices.Compact(got), slices.Compact(want)) {
+		return fmt.Errorf("%s: Groups %v, want %v", path, got, want)
 	}
 	return nil
 }
