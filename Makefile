@@ -38,10 +38,14 @@ test: deps lint build
 unit:
 	$(GO) test -count=1 ./virtio/...
 
+# lint checks formatting, vet and staticcheck, that every Go name README.md and
+# docs/ write exists (doccheck), and that imports follow the layers (layers).
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	$(GO) run ./internal/tools/doccheck
+	$(GO) run ./internal/tools/layers
 
 # fuzz-smoke runs every fuzz target for FUZZTIME; fuzz runs them for 5 million executions each.
 fuzz-smoke:

@@ -1,0 +1,9 @@
+package x
+
+import (
+	"testing"
+
+	_ "example.com/m/integration/h"
+)
+
+func TestX(t *testing.T) {}

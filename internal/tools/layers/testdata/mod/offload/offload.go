@@ -1,0 +1,3 @@
+package offload
+
+import _ "example.com/m/virtio"

@@ -1,0 +1,3 @@
+package virtio
+
+import _ "os/exec"
