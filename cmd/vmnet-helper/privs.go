@@ -88,16 +88,22 @@ func refuseWhenSetuid(command string) error {
 	return usagef("%s: refused when vmnet-helper runs setuid or with file capabilities; only bridge-helper and exec check their caller against the access list", command)
 }
 
-// hasCap reports whether c is in this thread's effective set.
-func hasCap(c cap.Value) bool {
-	on, err := cap.GetProc().GetFlag(cap.Effective, c)
-	return err == nil && on
+// hasCap reports whether c is in this thread's flag set (cap.GetPID
+// where cap.GetProc would panic on a failed capget).
+func hasCap(flag cap.Flag, c cap.Value) (bool, error) {
+	set, err := cap.GetPID(0)
+	if err != nil {
+		return false, fmt.Errorf("read capabilities: %w", err)
+	}
+	return set.GetFlag(flag, c)
 }
 
 // requireNetAdmin fails early and clearly when vmnet-helper cannot make
 // TAP devices at all.
 func requireNetAdmin(what string) error {
-	if hasCap(cap.NET_ADMIN) {
+	if on, err := hasCap(cap.Effective, cap.NET_ADMIN); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	} else if on {
 		return nil
 	}
 	return fmt.Errorf("%s needs CAP_NET_ADMIN: run vmnet-helper as root, or install it setuid root or with file capabilities (setcap cap_net_admin+ep): %w",
@@ -174,9 +180,9 @@ func keepOnlyNetAdmin() error {
 // could bring one back. It reports whether it limited the bounding set.
 func limitInheritance(keep []cap.Value) (bounded bool, err error) {
 	iab := cap.NewIAB()
-	on, err := cap.GetProc().GetFlag(cap.Permitted, cap.SETPCAP)
+	on, err := hasCap(cap.Permitted, cap.SETPCAP)
 	if err != nil {
-		return false, fmt.Errorf("drop privileges: read permitted set: %w", err)
+		return false, fmt.Errorf("drop privileges: %w", err)
 	}
 	if on {
 		for c := cap.Value(0); c < cap.MaxBits(); c++ {
