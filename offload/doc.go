@@ -8,7 +8,7 @@
 //   - negotiation: the offload feature bits to offer for what TUNSETOFFLOAD
 //     accepted (Offer), the user's --offloads list (ParseOfferList), and the
 //     TUNSETOFFLOAD set for what the guest acked at FEATURES_OK or later
-//     through VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET (TunFlags, GuestOffloads);
+//     through VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET (TunFlagsFor, GuestOffloads);
 //   - transmit header validation with one Reason per broken rule, usable as
 //     a counter index (ValidateTX);
 //   - which frames need a software fallback on a given TAP (TXCaps), and the

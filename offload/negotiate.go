@@ -125,7 +125,7 @@ func consistent(f virtio.Features) virtio.Features {
 	return f
 }
 
-// TunFlags returns the TUNSETOFFLOAD set for the receive offloads in acked:
+// TunFlagsFor returns the TUNSETOFFLOAD set for the receive offloads in acked:
 // what the kernel may then hand vmnet, and through it the guest.
 //
 // GUEST_USO4 without GUEST_USO6 (or the reverse) asks for no USO at all:
