@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,13 +18,20 @@ const fdSlack = 8
 
 // conn reads requests and writes replies on one connection. Its buffers are allocated
 // once; a message's payload is valid until the next read.
+//
+// It holds the front-end to the time limits: the first message must start within
+// timeouts.firstMessage of the connection, every message must be complete within
+// timeouts.message of its first byte, and every reply must be written within
+// timeouts.reply. Between messages, after the first, the front-end may be silent for as
+// long as it likes.
 type conn struct {
-	uc  *net.UnixConn
-	rc  syscall.RawConn
-	hdr [HeaderSize]byte
-	buf [MaxPayloadSize]byte
-	oob []byte
-	out []byte
+	uc       *net.UnixConn
+	rc       syscall.RawConn
+	timeouts timeouts
+	hdr      [HeaderSize]byte
+	buf      [MaxPayloadSize]byte
+	oob      []byte
+	out      []byte
 }
 
 // message is one received request. Its fds belong to whoever holds the message: a handler
@@ -49,49 +58,81 @@ func (m *message) takeFD(i int) int {
 	return fd
 }
 
-func newConn(uc *net.UnixConn) (*conn, error) {
+// newConn starts serving uc, which stays the caller's to close; the first message's clock
+// starts now.
+func newConn(uc *net.UnixConn, t timeouts) (*conn, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("get raw connection: %w", err)
 	}
+	if err := uc.SetReadDeadline(time.Now().Add(t.firstMessage)); err != nil {
+		return nil, fmt.Errorf("set first message deadline: %w", err)
+	}
 	return &conn{
-		uc:  uc,
-		rc:  rc,
-		oob: make([]byte, unix.CmsgSpace(4*(MaxFDs+fdSlack))),
-		out: make([]byte, 0, HeaderSize+MaxPayloadSize),
+		uc:       uc,
+		rc:       rc,
+		timeouts: t,
+		oob:      make([]byte, unix.CmsgSpace(4*(MaxFDs+fdSlack))),
+		out:      make([]byte, 0, HeaderSize+MaxPayloadSize),
 	}, nil
 }
 
 // read reads one request and the descriptors that came with it. On error every descriptor
 // received is closed. io.EOF means the front-end closed the connection between messages.
+// A time limit struck is a *LimitError.
 func (c *conn) read() (message, error) {
 	m := message{fds: make([]int, 0, MaxFDs)}
-	if err := c.readFull(c.hdr[:], &m.fds); err != nil {
-		m.closeFDs()
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return m, fmt.Errorf("read message header: %w", err)
-		}
-		return m, err
-	}
-	h, err := DecodeHeader(c.hdr[:])
-	if err != nil {
+	if err := c.readMessage(&m); err != nil {
 		m.closeFDs()
 		return m, err
-	}
-	m.Header = h
-	m.payload = c.buf[:h.Size]
-	if err := c.readFull(m.payload, &m.fds); err != nil {
-		m.closeFDs()
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return m, fmt.Errorf("read %s payload of %d bytes: %w", h.Request, h.Size, err)
 	}
 	return m, nil
 }
 
-// readFull fills p, appending every descriptor received meanwhile to *fds. It returns
-// io.EOF if the peer closed before the first byte, io.ErrUnexpectedEOF after it.
+func (c *conn) readMessage(m *message) error {
+	// Wait for a message: with the first message's deadline, or none once it has come.
+	n, err := c.recv(c.hdr[:], &m.fds)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return timeLimit(LimitFirstMessage, 0, c.timeouts.firstMessage)
+	case err != nil:
+		return err
+	case n == 0:
+		return io.EOF
+	}
+	// The message has started: all of it must come within the message timeout.
+	if err := c.uc.SetReadDeadline(time.Now().Add(c.timeouts.message)); err != nil {
+		return fmt.Errorf("set message deadline: %w", err)
+	}
+	if err := c.readFull(c.hdr[n:], &m.fds); err != nil {
+		return c.readErr(err, "read message header", 0)
+	}
+	h, err := DecodeHeader(c.hdr[:])
+	if err != nil {
+		return err
+	}
+	m.Header = h
+	m.payload = c.buf[:h.Size]
+	if err := c.readFull(m.payload, &m.fds); err != nil {
+		return c.readErr(err, fmt.Sprintf("read %s payload of %d bytes", h.Request, h.Size), h.Request)
+	}
+	if err := c.uc.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clear message deadline: %w", err)
+	}
+	return nil
+}
+
+// readErr is the error of a message cut short: by the peer, by the message timeout, or by
+// a broken connection.
+func (c *conn) readErr(err error, what string, req Request) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = timeLimit(LimitMessageTime, req, c.timeouts.message)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// readFull fills p, appending every descriptor received meanwhile to *fds. A peer that
+// closes before p is full is io.ErrUnexpectedEOF.
 func (c *conn) readFull(p []byte, fds *[]int) error {
 	got := 0
 	for got < len(p) {
@@ -100,9 +141,6 @@ func (c *conn) readFull(p []byte, fds *[]int) error {
 			return err
 		}
 		if n == 0 {
-			if got == 0 {
-				return io.EOF
-			}
 			return io.ErrUnexpectedEOF
 		}
 		got += n
@@ -135,10 +173,10 @@ func (c *conn) recv(p []byte, fds *[]int) (int, error) {
 	}
 	if flags&unix.MSG_CTRUNC != 0 {
 		// The kernel closed what did not fit; what did fit is in *fds and closed by the caller.
-		return 0, malformed("more than %d file descriptors in one message", MaxFDs+fdSlack)
+		return 0, overLimit(LimitFDs, 0, MaxFDs+fdSlack+1, MaxFDs)
 	}
 	if len(*fds) > MaxFDs {
-		return 0, malformed("%d file descriptors in one message, limit %d", len(*fds), MaxFDs)
+		return 0, overLimit(LimitFDs, 0, uint64(len(*fds)), MaxFDs)
 	}
 	return n, nil
 }
@@ -163,12 +201,15 @@ func appendRights(oob []byte, fds *[]int) error {
 }
 
 // reply sends a reply to req: version and reply flags, the payload p, and fds, which stay
-// the caller's.
+// the caller's. A front-end that leaves it unread for the reply timeout is a *LimitError.
 func (c *conn) reply(req Request, p Payload, fds ...int) error {
 	c.out = AppendMessage(c.out[:0], req, Version|FlagReply, p)
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
+	}
+	if err := c.uc.SetWriteDeadline(time.Now().Add(c.timeouts.reply)); err != nil {
+		return fmt.Errorf("set %s reply deadline: %w", req, err)
 	}
 	n, _, err := c.uc.WriteMsgUnix(c.out, oob, nil)
 	for err == nil && n < len(c.out) {
@@ -176,8 +217,11 @@ func (c *conn) reply(req Request, p Payload, fds ...int) error {
 		m, err = c.uc.Write(c.out[n:])
 		n += m
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = timeLimit(LimitReplyTime, req, c.timeouts.reply)
+	}
 	if err != nil {
-		return fmt.Errorf("write %s reply: %w", req, err)
+		return fmt.Errorf("write %s reply (%d of %d bytes written): %w", req, n, len(c.out), err)
 	}
 	return nil
 }

@@ -41,5 +41,17 @@
 // answered with a failure if the front-end asked for an ack (REPLY_ACK); otherwise the
 // connection ends, since the front-end could not know.
 //
+// # What a front-end can make it hold
+//
+// A front-end may be less trusted than the process serving it, so each connection is held
+// to limits (Options, with their Default constants; LimitError, counted in Stats.Limited):
+// a first message within FirstMessageTimeout, every message complete within
+// MessageTimeout of its first byte, every reply taken within ReplyTimeout, payloads of at
+// most MaxPayloadSize with at most MaxFDs descriptors, guest memory mapped of at most
+// MaxMemBytes in at most MaxMemSlots regions (MaxMemTableRegions by SET_MEM_TABLE). A
+// timeout or a framing limit ends the connection; a memory limit refuses the request. The
+// server holds one message at a time, queues nothing, and never writes to the back-end
+// channel of SET_BACKEND_REQ_FD, so nothing else grows with what a front-end sends.
+//
 // It never exits the process and keeps no global state.
 package vhostuser

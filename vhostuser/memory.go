@@ -16,10 +16,12 @@ type mapping struct {
 	host []byte       // the region itself, within data
 }
 
-// mapRegion maps r from fd, which stays the caller's. The file must be a regular file
-// (memfd, tmpfs, hugetlbfs) at least as long as the region reaches: a shorter one would
-// raise SIGBUS on first touch rather than an error here.
-func mapRegion(fd int, r MemoryRegion) (*mapping, error) {
+// mapRegion maps r from fd, which stays the caller's, for req. The file must be a regular
+// file (memfd, tmpfs, hugetlbfs) at least as long as the region reaches: a shorter one would
+// raise SIGBUS on first touch rather than an error here. used is how many bytes of guest
+// memory the connection has mapped already, and the mapping may not take that past limit
+// (a *LimitError), counted as what it costs, address space: whole pages, or huge pages.
+func mapRegion(fd int, r MemoryRegion, req Request, used, limit uint64) (*mapping, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("stat fd %d of region at guest %#x: %w", fd, r.GuestAddr, err)
@@ -44,6 +46,9 @@ func mapRegion(fd int, r MemoryRegion) (*mapping, error) {
 		return nil, fmt.Errorf("map region at guest %#x: size %#x too large", r.GuestAddr, r.Size)
 	}
 	length = (length + align - 1) &^ (align - 1)
+	if length > limit || used > limit-length {
+		return nil, fmt.Errorf("map region at guest %#x, %d bytes: %w", r.GuestAddr, length, &LimitError{Limit: LimitMemBytes, Request: req, Got: used + length, Max: limit})
+	}
 	data, err := unix.Mmap(fd, int64(off), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("mmap %d bytes at offset %#x of fd %d for region at guest %#x: %w", length, off, fd, r.GuestAddr, err)

@@ -311,7 +311,7 @@ func DecodeHeader(b []byte) (Header, error) {
 		return h, malformed("%s has undefined flags %#x", h.Request, uint32(extra))
 	}
 	if h.Size > MaxPayloadSize {
-		return h, malformed("%s payload is %d bytes, limit %d", h.Request, h.Size, MaxPayloadSize)
+		return h, overLimit(LimitPayload, h.Request, uint64(h.Size), MaxPayloadSize)
 	}
 	return h, nil
 }
@@ -593,10 +593,13 @@ func DecodeRequest(h Header, payload []byte, nfds int) (Payload, error) {
 		return nil, malformed("%s payload is %d bytes, header says %d", req, len(payload), h.Size)
 	}
 	if len(payload) > MaxPayloadSize {
-		return nil, malformed("%s payload is %d bytes, limit %d", req, len(payload), MaxPayloadSize)
+		return nil, overLimit(LimitPayload, req, uint64(len(payload)), MaxPayloadSize)
 	}
-	if nfds < 0 || nfds > MaxFDs {
-		return nil, malformed("%s carries %d file descriptors, limit %d", req, nfds, MaxFDs)
+	if nfds < 0 {
+		return nil, malformed("%s carries %d file descriptors", req, nfds)
+	}
+	if nfds > MaxFDs {
+		return nil, overLimit(LimitFDs, req, uint64(nfds), MaxFDs)
 	}
 	switch req {
 	case ReqGetFeatures, ReqGetProtocolFeatures, ReqSetOwner, ReqResetOwner, ReqGetQueueNum,

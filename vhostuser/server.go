@@ -27,6 +27,20 @@ type Options struct {
 	// MaxMemSlots is how many memory regions the front-end may add with ADD_MEM_REG, and the
 	// answer to GET_MAX_MEM_SLOTS. Zero means DefaultMaxMemSlots.
 	MaxMemSlots int
+	// MaxMemBytes bounds the guest memory a front-end can have mapped at once, the sum of
+	// its regions' mappings (each rounded to whole pages, huge pages on hugetlbfs). A
+	// memory table or region that would go past it is refused. Zero means
+	// DefaultMaxMemBytes.
+	MaxMemBytes uint64
+	// FirstMessageTimeout closes a connection that sends nothing for this long after it is
+	// served. Zero means DefaultFirstMessageTimeout.
+	FirstMessageTimeout time.Duration
+	// MessageTimeout closes a connection whose message is not complete this long after its
+	// first byte arrived. Zero means DefaultMessageTimeout.
+	MessageTimeout time.Duration
+	// ReplyTimeout closes a connection whose reply cannot be written for this long: the
+	// front-end stopped reading. Zero means DefaultReplyTimeout.
+	ReplyTimeout time.Duration
 	// RetryMin and RetryMax bound the delay between Dial's connection attempts, which doubles
 	// from RetryMin up to RetryMax. Zero means 50ms and 2s.
 	RetryMin, RetryMax time.Duration
@@ -38,10 +52,17 @@ type Server struct {
 	backend     Device
 	log         hclog.Logger
 	maxMemSlots int
+	maxMemBytes uint64
+	timeouts    timeouts
 	retryMin    time.Duration
 	retryMax    time.Duration
 	active      atomic.Bool
 	stats       stats
+}
+
+// timeouts are the time limits of a connection.
+type timeouts struct {
+	firstMessage, message, reply time.Duration
 }
 
 // NewServer returns a server for b.
@@ -50,6 +71,8 @@ func NewServer(b Device, opts Options) *Server {
 		backend:     b,
 		log:         opts.Logger,
 		maxMemSlots: opts.MaxMemSlots,
+		maxMemBytes: opts.MaxMemBytes,
+		timeouts:    timeouts{firstMessage: opts.FirstMessageTimeout, message: opts.MessageTimeout, reply: opts.ReplyTimeout},
 		retryMin:    opts.RetryMin,
 		retryMax:    opts.RetryMax,
 	}
@@ -59,6 +82,21 @@ func NewServer(b Device, opts Options) *Server {
 	s.log = s.log.Named("vhostuser")
 	if s.maxMemSlots <= 0 {
 		s.maxMemSlots = DefaultMaxMemSlots
+	}
+	if s.maxMemBytes == 0 {
+		s.maxMemBytes = DefaultMaxMemBytes
+	}
+	for _, d := range []struct {
+		t   *time.Duration
+		def time.Duration
+	}{
+		{&s.timeouts.firstMessage, DefaultFirstMessageTimeout},
+		{&s.timeouts.message, DefaultMessageTimeout},
+		{&s.timeouts.reply, DefaultReplyTimeout},
+	} {
+		if *d.t <= 0 {
+			*d.t = d.def
+		}
 	}
 	if s.retryMin <= 0 {
 		s.retryMin = 50 * time.Millisecond
@@ -197,7 +235,7 @@ func (s *Server) serveConn(ctx context.Context, uc *net.UnixConn) error {
 	s.stats.sessions.Add(1)
 	stop := context.AfterFunc(ctx, func() { uc.Close() })
 	defer stop()
-	c, err := newConn(uc)
+	c, err := newConn(uc, s.timeouts)
 	if err != nil {
 		uc.Close()
 		s.log.Error("front-end connection closed", "error", err)
@@ -244,6 +282,9 @@ type Stats struct {
 	Unknown  uint64
 	// Rejected counts requests that were malformed, not supported, or failed.
 	Rejected uint64
+	// Limited counts, by Limit, the connections closed and the requests refused for going
+	// past a per-connection limit. A refused request is in Rejected too.
+	Limited LimitStats
 }
 
 // Stats returns a snapshot of the counters.
@@ -253,6 +294,7 @@ func (s *Server) Stats() Stats {
 		Messages: make(map[Request]uint64),
 		Unknown:  s.stats.unknown.Load(),
 		Rejected: s.stats.rejected.Load(),
+		Limited:  s.stats.limited.snapshot(),
 	}
 	for i := range s.stats.messages {
 		if n := s.stats.messages[i].Load(); n > 0 {
@@ -267,6 +309,7 @@ type stats struct {
 	messages [maxRequest + 1]atomic.Uint64
 	unknown  atomic.Uint64
 	rejected atomic.Uint64
+	limited  limitCounters
 	// logged has a bit per request type whose refusal was logged; types past 63 share bit 63.
 	logged atomic.Uint64
 }

@@ -60,6 +60,8 @@ type session struct {
 	mem         *virtio.Memory
 	rings       []ring
 	backendReq  *os.File
+	// limitLogged has the limits this connection went past that were logged.
+	limitLogged [numLimits]bool
 }
 
 // replyKind is what a request is answered with when it succeeds, and decides how a failure
@@ -121,6 +123,7 @@ func (s *session) run() error {
 	for {
 		m, err := s.c.read()
 		if err != nil {
+			s.limited(err)
 			if errors.Is(err, ErrMalformed) {
 				s.srv.stats.rejected.Add(1)
 			}
@@ -148,15 +151,16 @@ func (s *session) handle(m *message) error {
 	p, err := DecodeRequest(m.Header, m.payload, len(m.fds))
 	if err != nil {
 		s.srv.stats.rejected.Add(1)
+		s.limited(err)
 		return fmt.Errorf("decode %s: %w", req, err)
 	}
 	reply, herr := s.dispatch(m, p)
 	if herr == nil {
 		switch {
 		case reply != nil:
-			return s.c.reply(req, reply)
+			return s.reply(req, reply)
 		case m.NeedReply():
-			return s.c.reply(req, U64(0))
+			return s.reply(req, U64(0))
 		}
 		return nil
 	}
@@ -167,16 +171,19 @@ func (s *session) handle(m *message) error {
 		return fmt.Errorf("handle %s: %w", req, herr)
 	}
 	notSupported := errors.Is(herr, ErrNotSupported)
-	if notSupported {
+	switch {
+	case notSupported:
 		s.srv.logUnsupported(req, herr)
-	} else {
+	case errors.Is(herr, ErrLimit):
+		s.limited(herr)
+	default:
 		s.log.Warn("request failed", "request", req, "error", herr)
 	}
 	if fr := failureReply(req); fr != nil {
-		return s.c.reply(req, fr)
+		return s.reply(req, fr)
 	}
 	if replyKindOf(req) == replyNone && m.NeedReply() {
-		return s.c.reply(req, U64(1))
+		return s.reply(req, U64(1))
 	}
 	if notSupported {
 		return nil
@@ -184,6 +191,30 @@ func (s *session) handle(m *message) error {
 	// The front-end cannot be told; going on would leave it believing in a state the
 	// back-end does not have (vhost-user.rst "Communication": the back-end may close).
 	return fmt.Errorf("handle %s: %w", req, herr)
+}
+
+// reply sends a reply; a front-end that does not take it in time is counted.
+func (s *session) reply(req Request, p Payload) error {
+	err := s.c.reply(req, p)
+	s.limited(err)
+	return err
+}
+
+// limited counts a front-end going past a limit, if err says it did, and logs it: as a
+// warning the first time per connection and limit, at debug level after that, so that a
+// front-end repeating a refused request cannot flood the log.
+func (s *session) limited(err error) {
+	var le *LimitError
+	if !errors.As(err, &le) || le.Limit < 0 || le.Limit >= numLimits {
+		return
+	}
+	s.srv.stats.limited[le.Limit].Add(1)
+	if s.limitLogged[le.Limit] {
+		s.log.Debug("front-end over a limit", "limit", le.Limit, "error", err)
+		return
+	}
+	s.limitLogged[le.Limit] = true
+	s.log.Warn("front-end over a limit (logged once per connection and limit)", "limit", le.Limit, "error", err)
 }
 
 func (s *session) dispatch(m *message, p Payload) (Payload, error) {
@@ -548,16 +579,29 @@ func (s *session) sendRARP(u uint64) error {
 
 // setMemTable maps a whole new table and replaces the old one.
 func (s *session) setMemTable(m *message, t MemoryTable) error {
+	// The new table alone is held to the limit: the old one stays mapped until the rings
+	// have left it, so the peak is the two together.
 	maps := make([]*mapping, 0, len(t.Regions))
+	var used uint64
 	for i, r := range t.Regions {
-		mp, err := mapRegion(m.fds[i], r)
+		mp, err := mapRegion(m.fds[i], r, ReqSetMemTable, used, s.srv.maxMemBytes)
 		if err != nil {
 			unmapAll(maps)
 			return fmt.Errorf("map region %d of %d: %w", i, len(t.Regions), err)
 		}
 		maps = append(maps, mp)
+		used += uint64(len(mp.data))
 	}
 	return s.swapMemory(maps, maps, s.maps)
+}
+
+// mapped is how many bytes of guest memory the connection has mapped.
+func (s *session) mapped() uint64 {
+	var n uint64
+	for _, mp := range s.maps {
+		n += uint64(len(mp.data))
+	}
+	return n
 }
 
 // addMemReg maps and adds a region. A region that is already in the table, exactly, is
@@ -573,7 +617,8 @@ func (s *session) addMemReg(m *message, r MemoryRegion) error {
 		}
 	}
 	if len(s.maps) >= s.srv.maxMemSlots {
-		return fmt.Errorf("add region at guest %#x: all %d memory slots in use", r.GuestAddr, s.srv.maxMemSlots)
+		return fmt.Errorf("add region at guest %#x: %w", r.GuestAddr,
+			&LimitError{Limit: LimitMemSlots, Request: ReqAddMemReg, Got: uint64(len(s.maps)) + 1, Max: uint64(s.srv.maxMemSlots)})
 	}
 	for _, mp := range s.maps {
 		if r.overlaps(mp.desc) {
@@ -581,7 +626,7 @@ func (s *session) addMemReg(m *message, r MemoryRegion) error {
 				r.GuestAddr, r.UserAddr, r.Size, mp.desc.GuestAddr, mp.desc.UserAddr, mp.desc.Size)
 		}
 	}
-	mp, err := mapRegion(m.fds[0], r)
+	mp, err := mapRegion(m.fds[0], r, ReqAddMemReg, s.mapped(), s.srv.maxMemBytes)
 	if err != nil {
 		return err
 	}
