@@ -187,11 +187,26 @@ func fileFd(t *testing.T, f *os.File) int {
 // process uses: the unprivileged user a test creates.
 func freeUID(t *testing.T, from int) int {
 	t.Helper()
+	used := map[string]bool{}
+	statuses, _ := filepath.Glob("/proc/[0-9]*/status")
+	for _, path := range statuses {
+		if st, err := readStatus(path); err == nil {
+			for _, k := range []string{"Uid", "Gid"} {
+				for _, id := range strings.Fields(st[k]) {
+					used[id] = true
+				}
+			}
+		}
+	}
 	for uid := from; uid < from+1000; uid++ {
-		if _, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		id := strconv.Itoa(uid)
+		if used[id] {
 			continue
 		}
-		if _, err := user.LookupGroupId(strconv.Itoa(uid)); err == nil {
+		if _, err := user.LookupId(id); err == nil {
+			continue
+		}
+		if _, err := user.LookupGroupId(id); err == nil {
 			continue
 		}
 		return uid

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -194,42 +196,46 @@ func TestTapCreateSingleQueueOnBridge(t *testing.T) {
 
 // tap create --steering hash leaves the program with the persistent TAP,
 // which alone holds it once the helper is gone; tap delete frees it.
+// Programs are the host's and other tests load this one at the same time,
+// so the helper runs as a uid no other process uses, with only the
+// capabilities tap create needs, and the test follows what that uid loaded.
 func TestTapCreateHashSteering(t *testing.T) {
 	testutil.RequireTUN(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		testutil.Skip(t, "no setpriv (util-linux): %v", err)
+	}
+	bin := buildHelper(t, publicDir(t))
+	uid := freeUID(t, 64000)
+	id := strconv.Itoa(uid)
 	ns := testutil.NetNS(t)
-	before := testutil.SteeringPrograms(t)
-	out, _, err := runHelper("tap", "create", "--netns", ns, "--queues", "4", "--persist", "--steering", "hash")
+	cmd := exec.Command("ip", "netns", "exec", ns, "setpriv", "--reuid", id, "--regid", id, "--clear-groups",
+		"--inh-caps", "+net_admin,+bpf", "--ambient-caps", "+net_admin,+bpf", "--",
+		bin, "tap", "create", "--queues", "4", "--persist", "--steering", "hash")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("tap create as uid %d with CAP_NET_ADMIN and CAP_BPF: %v\n%s", uid, err, stderr.String())
 	}
-	name := strings.TrimSpace(out)
-	time.Sleep(300 * time.Millisecond) // programs of other tests come and go
-	var ours []uint32
-	for id := range testutil.SteeringPrograms(t) {
-		if !before[id] {
-			ours = append(ours, id)
-		}
-	}
-	if len(ours) == 0 {
-		t.Fatal("no steering program loaded after tap create --steering hash exited: the TAP does not hold one")
+	name := strings.TrimSpace(string(out))
+	if ours := testutil.SteeringPrograms(t, uint32(uid)); len(ours) != 1 {
+		t.Fatalf("steering programs uid %d loaded, after tap create exited: %v; want one, the TAP's", uid, ours)
 	}
 	if _, _, err := runHelper("tap", "delete", "--netns", ns, name); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
+	// The TAP drops its reference when the device is freed, after an RCU
+	// grace period (tun.c __tun_set_ebpf): a moment, longer under load.
+	const wait = 10 * time.Second
+	deleted := time.Now()
 	for {
-		left := 0
-		now := testutil.SteeringPrograms(t)
-		for _, id := range ours {
-			if now[id] {
-				left++
-			}
-		}
-		if left == 0 {
+		left := testutil.SteeringPrograms(t, uint32(uid))
+		if len(left) == 0 {
+			t.Logf("program freed %s after tap delete", time.Since(deleted).Round(time.Millisecond))
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d steering programs still loaded 3s after tap delete", left)
+		if time.Since(deleted) > wait {
+			t.Fatalf("steering program %v still loaded %s after tap delete", left, wait)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

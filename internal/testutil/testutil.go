@@ -184,9 +184,12 @@ func InNetNS(t testing.TB, ns string, fn func() error) {
 }
 
 // SteeringPrograms lists the IDs of the loaded eBPF programs named like
-// vmnet's steering program (ebpf.LoadHashProgram): a TAP holding one
-// keeps it loaded after every process closed its descriptor.
-func SteeringPrograms(t testing.TB) map[uint32]bool {
+// vmnet's steering program (ebpf.LoadHashProgram) that a process of uid
+// loaded: a TAP holding one keeps it loaded after every process closed its
+// descriptor. Programs are the host's, not a namespace's, and other tests
+// load this one at the same time; a test tells its own by loading them as
+// a uid no other process uses.
+func SteeringPrograms(t testing.TB, uid uint32) map[uint32]bool {
 	t.Helper()
 	ids := map[uint32]bool{}
 	var id cebpf.ProgramID
@@ -203,10 +206,18 @@ func SteeringPrograms(t testing.TB) map[uint32]bool {
 		if err != nil {
 			continue // gone meanwhile
 		}
-		if info, err := p.Info(); err == nil && info.Name == "vmnet_steer" {
+		info, err := p.Info()
+		p.Close()
+		if err != nil || info.Name != "vmnet_steer" {
+			continue
+		}
+		by, ok := info.CreatedByUID()
+		if !ok {
+			t.Fatalf("eBPF program %d: the kernel does not say which uid loaded it (Linux 4.15)", id)
+		}
+		if by == uid {
 			ids[uint32(id)] = true
 		}
-		p.Close()
 	}
 }
 
