@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
+	"github.com/vmnet-dev/vmnet/internal/testutil"
 )
 
 // The privileged modes drop the privileges of the process they run in,
@@ -62,12 +63,29 @@ func goBuildCgo(t *testing.T, cgo bool, dir, name, pkg string, ldflags ...string
 	cmd := exec.Command("go", append(args, pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if cgo {
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1", "CC="+cCompiler(t))
 	}
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s (cgo %v): %v\n%s", pkg, cgo, err, b)
 	}
 	return out
+}
+
+// cCompiler is the C compiler for a cgo build: go env CC (gcc) when it is
+// installed, else clang, which the eBPF packages bring.
+func cCompiler(t *testing.T) string {
+	t.Helper()
+	cc := "gcc"
+	if out, err := exec.Command("go", "env", "CC").Output(); err == nil && strings.TrimSpace(string(out)) != "" {
+		cc = strings.TrimSpace(string(out))
+	}
+	for _, c := range []string{cc, "clang"} {
+		if _, err := exec.LookPath(c); err == nil {
+			return c
+		}
+	}
+	testutil.Skip(t, "no C compiler (%s or clang) for a cgo build", cc)
+	return ""
 }
 
 // installCopy copies bin to dir/name/vmnet-helper and runs setup (a
