@@ -5,6 +5,7 @@ import (
 	"iter"
 	"sync/atomic"
 
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/internal/stats"
 )
 
@@ -41,6 +42,7 @@ const (
 	TXBatches
 	RXBatches
 	BrokenRings
+	InterruptErrors
 	Wakeups
 
 	numCounters
@@ -69,15 +71,16 @@ var counterTable = stats.Table{
 	TXSoftSegments: {Name: "tx_soft_segments", Help: "segments the engine wrote for the GSO frames it segmented"},
 	TXDropSoftware: {Name: "tx_drop_software", Help: "TX frames the software fallbacks could not handle", Drop: true},
 
-	RXWaitBuffers: {Name: "rx_wait_buffers", Help: "times the worker stopped reading the TAP for want of guest buffers"},
-	TXKicks:       {Name: "tx_kicks", Help: "TX kicks received"},
-	RXKicks:       {Name: "rx_kicks", Help: "RX kicks received"},
-	TXInterrupts:  {Name: "tx_interrupts", Help: "TX used-ring interrupts sent"},
-	RXInterrupts:  {Name: "rx_interrupts", Help: "RX used-ring interrupts sent"},
-	TXBatches:     {Name: "tx_batches", Help: "TX passes that moved at least one frame"},
-	RXBatches:     {Name: "rx_batches", Help: "RX passes that moved at least one frame"},
-	BrokenRings:   {Name: "broken_rings", Help: "rings abandoned as unusable until the device is reset", Drop: true},
-	Wakeups:       {Name: "wakeups", Help: "returns from epoll_wait, busy polls included: an idle worker adds none"},
+	RXWaitBuffers:   {Name: "rx_wait_buffers", Help: "times the worker stopped reading the TAP for want of guest buffers"},
+	TXKicks:         {Name: "tx_kicks", Help: "TX kicks received"},
+	RXKicks:         {Name: "rx_kicks", Help: "RX kicks received"},
+	TXInterrupts:    {Name: "tx_interrupts", Help: "TX used-ring interrupts sent"},
+	RXInterrupts:    {Name: "rx_interrupts", Help: "RX used-ring interrupts sent"},
+	TXBatches:       {Name: "tx_batches", Help: "TX passes that moved at least one frame"},
+	RXBatches:       {Name: "rx_batches", Help: "RX passes that moved at least one frame"},
+	BrokenRings:     {Name: "broken_rings", Help: "rings abandoned as unusable until the device is reset: a broken ring, or a kick eventfd that hung up or failed", Drop: true},
+	InterruptErrors: {Name: "interrupt_errors", Help: "used-ring interrupts (TX or RX) not sent: the call notifier failed", Drop: true},
+	Wakeups:         {Name: "wakeups", Help: "returns from epoll_wait, busy polls included: an idle worker adds none"},
 }
 
 // String is the counter's name, as Snapshot.String and MarshalJSON print
@@ -92,7 +95,31 @@ func (k Counter) String() string {
 // Counters are one queue pair's statistics, indexed by Counter. The
 // worker adds to them once per pass, never per packet under a lock; any
 // goroutine may read them while it runs. The zero value is ready.
-type Counters struct{ v [numCounters]atomic.Uint64 }
+//
+// They also thin out the log lines of the faults they count that a guest
+// or front-end can repeat (warning): like the counts, that outlives
+// restarts of the queue pair on the same Counters, which a front-end can
+// ask for with every other message.
+type Counters struct {
+	v    [numCounters]atomic.Uint64
+	warn [numWarnings]droplog.Warner
+}
+
+// warning names a log line of a fault a guest or front-end can make the
+// worker repeat; each has a droplog.Warner of its own in Counters, so
+// that one fault's lines do not hide another's.
+type warning int
+
+const (
+	warnInterrupt   warning = iota // a call notifier failed (interrupt_errors)
+	warnTXBroken                   // the TX ring or its kick broke (broken_rings)
+	warnRXBroken                   // the RX ring or its kick broke (broken_rings)
+	warnMemoryFault                // the worker faulted on guest memory (memory_faults)
+	warnTAPGone                    // the TAP file will never read again
+	warnGiveBack                   // an RX chain could not be given back unused
+
+	numWarnings
+)
 
 // Add adds n to counter k.
 func (c *Counters) Add(k Counter, n uint64) { c.v[k].Add(n) }

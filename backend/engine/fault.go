@@ -19,7 +19,7 @@ func (qp *QueuePair) runGuarded(p *poller) error {
 	err := memfault.Guard(func() error { return qp.run(p) })
 	if errors.Is(err, memfault.ErrFault) {
 		qp.ctr.Add(MemoryFaults, 1)
-		qp.log.Error("queue pair stopped until the device is reset", "error", err)
+		qp.ctr.warn[warnMemoryFault].Error(qp.log, "queue pair stopped until the device is reset", err)
 		return fmt.Errorf("queue pair %d: %w", qp.cfg.Index, err)
 	}
 	return err

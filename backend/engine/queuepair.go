@@ -34,7 +34,9 @@ type Config struct {
 	// worker only, between Start and Stop.
 	RX, TX virtio.Queue
 
-	// RXKick and TXKick are the driver's doorbells. The caller owns them.
+	// RXKick and TXKick are the driver's doorbells: from NewEventFD, or
+	// KickFromFile for an eventfd received from elsewhere. The caller owns
+	// them.
 	RXKick, TXKick *EventFD
 
 	// RXCall and TXCall interrupt the driver after used buffers.
@@ -218,6 +220,15 @@ func New(cfg Config) (*QueuePair, error) {
 func (qp *QueuePair) Counters() *Counters { return qp.ctr }
 
 // Start runs the worker. Starting a running queue pair is an error.
+//
+// The worker watches the kick eventfds edge-triggered (EPOLLET): it wakes
+// once per write to a kick, however much of the count its read leaves (a
+// semaphore eventfd gives up 1 per read), never for a kick that only
+// stays readable. A kick that hangs up or fails (EPOLLHUP, EPOLLERR, a
+// read that is no eventfd's: the end of a pipe whose writer closed)
+// breaks its ring: counted in broken_rings, logged (at most once a
+// minute, across restarts on the same Counters), taken out of the epoll
+// set so that it never wakes the worker again. The other ring goes on.
 func (qp *QueuePair) Start() error {
 	qp.mu.Lock()
 	defer qp.mu.Unlock()
@@ -336,16 +347,19 @@ func (qp *QueuePair) newPoller(stop *EventFD) (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Kicks edge-triggered (Start says why); the TAP level-triggered: a
+	// pass may leave frames in it for the next.
 	for _, w := range []struct {
-		fd  int
-		tag int32
+		fd     int
+		tag    int32
+		events uint32
 	}{
-		{stop.Fd(), tagStop},
-		{qp.cfg.TXKick.Fd(), tagTXKick},
-		{qp.cfg.RXKick.Fd(), tagRXKick},
-		{qp.tapFd, tagTAP},
+		{stop.Fd(), tagStop, unix.EPOLLIN},
+		{qp.cfg.TXKick.Fd(), tagTXKick, unix.EPOLLIN | unix.EPOLLET},
+		{qp.cfg.RXKick.Fd(), tagRXKick, unix.EPOLLIN | unix.EPOLLET},
+		{qp.tapFd, tagTAP, unix.EPOLLIN},
 	} {
-		if err := p.add(w.fd, w.tag, unix.EPOLLIN); err != nil {
+		if err := p.add(w.fd, w.tag, w.events); err != nil {
 			p.close()
 			return nil, err
 		}
@@ -427,11 +441,17 @@ func (qp *QueuePair) run(p *poller) error {
 				rx.release()
 				return nil
 			case tagTXKick:
-				qp.cfg.TXKick.Drain()
+				if err := qp.takeKick(p, qp.cfg.TXKick, ev.Events); err != nil {
+					tx.breakRing(fmt.Errorf("TX kick: %w", err))
+					continue
+				}
 				qp.ctr.Add(TXKicks, 1)
 				tx.pending = true
 			case tagRXKick:
-				qp.cfg.RXKick.Drain()
+				if err := qp.takeKick(p, qp.cfg.RXKick, ev.Events); err != nil {
+					rx.breakRing(fmt.Errorf("RX kick: %w", err))
+					continue
+				}
 				qp.ctr.Add(RXKicks, 1)
 				rx.kicked()
 			case tagTAP:
@@ -439,6 +459,23 @@ func (qp *QueuePair) run(p *poller) error {
 			}
 		}
 	}
+}
+
+// takeKick takes the kick epoll reported on k with events. A kick that
+// hung up or failed will never kick again: it leaves the epoll set, so
+// that it cannot wake the worker either, and the error says what
+// happened; the caller breaks the ring.
+func (qp *QueuePair) takeKick(p *poller, k *EventFD, events uint32) error {
+	var err error
+	if events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		err = fmt.Errorf("eventfd %d: epoll events %#x: hung up or failed", k.Fd(), events)
+	} else if _, err = k.Take(); err == nil {
+		return nil
+	}
+	if rerr := p.remove(k.Fd()); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return err
 }
 
 func (qp *QueuePair) fail(err error) error {
@@ -471,12 +508,18 @@ func allZero(b []byte) bool {
 
 // publish returns the chains pushed to q to the driver with one index
 // store, and interrupts the driver if it asked to be (virtio 1.2 §2.7.10,
-// §2.8.10).
+// §2.8.10). A notifier that fails (a call fd the front-end broke) is
+// counted each time and logged at most once a minute: it may fail for
+// every frame.
 func (qp *QueuePair) publish(q virtio.Queue, call Notifier, interrupts Counter, dir string) {
 	q.Flush()
 	if q.NeedsInterrupt() {
 		if err := call.Notify(); err != nil {
-			qp.log.Warn(dir+" interrupt failed", "error", err)
+			qp.ctr.Add(InterruptErrors, 1)
+			if n, ok := qp.ctr.warn[warnInterrupt].Next(); ok {
+				qp.log.Warn(dir+" interrupt failed", "error", err, "times", n)
+			}
+			return
 		}
 		qp.ctr.Add(interrupts, 1)
 	}

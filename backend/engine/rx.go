@@ -377,7 +377,7 @@ func (r *rxState) markGone(err error) {
 	r.tapReadable = false
 	if !r.gone {
 		r.gone = true
-		r.qp.log.Warn("TAP queue gone, not reading it any more", "error", err)
+		r.qp.ctr.warn[warnTAPGone].Warn(r.qp.log, "TAP queue gone, not reading it any more", err)
 	}
 }
 
@@ -391,7 +391,7 @@ func (r *rxState) release() {
 		if err := r.q.Unpop(c); err != nil {
 			// Cannot happen for chains popped in order; return the rest
 			// empty rather than lose them.
-			r.qp.log.Warn("give back RX chain", "error", err)
+			r.qp.ctr.warn[warnGiveBack].Warn(r.qp.log, "give back RX chain", err)
 			break
 		}
 		r.capacity -= uint64(c.WriteLen)
@@ -415,10 +415,15 @@ func (r *rxState) pushSlot(c *virtio.Chain, written uint32) {
 	}
 }
 
+// breakRing abandons the RX ring until the device is reset: counted
+// once, logged at most once a minute across restarts.
 func (r *rxState) breakRing(err error) {
+	if r.broken {
+		return
+	}
 	r.broken = true
 	r.qp.ctr.Add(BrokenRings, 1)
-	r.qp.log.Error("RX ring unusable until the device is reset", "error", err)
+	r.qp.ctr.warn[warnRXBroken].Error(r.qp.log, "RX ring unusable until the device is reset", err)
 }
 
 // scatterPut writes src at byte offset off of the buffers bufs.

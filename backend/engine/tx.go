@@ -313,11 +313,16 @@ func (t *txState) push(c *virtio.Chain, written uint32) {
 	}
 }
 
+// breakRing abandons the TX ring until the device is reset: counted
+// once, logged at most once a minute across restarts.
 func (t *txState) breakRing(err error) {
+	if t.broken {
+		return
+	}
 	t.broken = true
 	t.pending = false
 	t.qp.ctr.Add(BrokenRings, 1)
-	t.qp.log.Error("TX ring unusable until the device is reset", "error", err)
+	t.qp.ctr.warn[warnTXBroken].Error(t.qp.log, "TX ring unusable until the device is reset", err)
 }
 
 // isErrno tells a write the kernel refused from a frame the fallbacks
