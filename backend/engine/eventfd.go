@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,8 +51,9 @@ type NotEventFDError struct {
 	// "socket:[4026533]", "anon_inode:[timerfd]", a path;
 	// "anon_inode:[eventfd]" for a semaphore eventfd.
 	Link string
-	// Kind is the file's type where Link does not say it: "a regular
-	// file", "a character device", ...; empty otherwise.
+	// Kind is the file's type: "a pipe", "a socket", "a regular file",
+	// "a character device", ...; empty for an anonymous inode, which
+	// Link names.
 	Kind string
 	// Semaphore marks an eventfd made with EFD_SEMAPHORE.
 	Semaphore bool
@@ -61,10 +63,13 @@ func (e *NotEventFDError) Error() string {
 	if e.Semaphore {
 		return fmt.Sprintf("%s is an eventfd made with EFD_SEMAPHORE: a read takes only 1 from its count", e.Name)
 	}
-	if e.Kind != "" {
-		return fmt.Sprintf("%s is %s (%s), not an eventfd", e.Name, e.Kind, e.Link)
+	switch {
+	case e.Kind == "":
+		return fmt.Sprintf("%s is %s, not an eventfd", e.Name, e.Link)
+	case e.Link == e.Name:
+		return fmt.Sprintf("%s is %s, not an eventfd", e.Name, e.Kind)
 	}
-	return fmt.Sprintf("%s is %s, not an eventfd", e.Name, e.Link)
+	return fmt.Sprintf("%s is %s (%s), not an eventfd", e.Name, e.Kind, e.Link)
 }
 
 // Is makes the error match ErrNotEventFD.
@@ -137,7 +142,7 @@ func checkEventFD(fd int, name string, reader bool) error {
 	if link != "anon_inode:[eventfd]" {
 		e := &NotEventFDError{Name: name, Link: link}
 		var st unix.Stat_t
-		if len(link) > 0 && link[0] == '/' && unix.Fstat(fd, &st) == nil {
+		if !strings.HasPrefix(link, "anon_inode:") && unix.Fstat(fd, &st) == nil {
 			e.Kind = fileKind(st.Mode)
 		}
 		return e
@@ -244,7 +249,7 @@ func fileKind(mode uint32) string {
 	case unix.S_IFBLK:
 		return "a block device"
 	case unix.S_IFIFO:
-		return "a named pipe"
+		return "a pipe"
 	case unix.S_IFSOCK:
 		return "a socket"
 	}

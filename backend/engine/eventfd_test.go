@@ -51,7 +51,7 @@ func TestKickFromFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			return f
-		}, 0, "is a regular file (/", ""},
+		}, 0, "is a regular file, not an eventfd", ""},
 		{"pipe", func(t *testing.T) *os.File {
 			r, w, err := os.Pipe()
 			if err != nil {
@@ -59,7 +59,7 @@ func TestKickFromFile(t *testing.T) {
 			}
 			w.Close()
 			return r
-		}, 0, "is pipe:[", ""},
+		}, 0, "is a pipe (pipe:[", ""},
 		{"socket", func(t *testing.T) *os.File {
 			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
@@ -67,14 +67,14 @@ func TestKickFromFile(t *testing.T) {
 			}
 			unix.Close(fds[1])
 			return os.NewFile(uintptr(fds[0]), "kick")
-		}, 0, "kick is socket:[", ""},
+		}, 0, "kick is a socket (socket:[", ""},
 		{"/dev/null", func(t *testing.T) *os.File {
 			f, err := os.OpenFile("/dev/null", os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return f
-		}, 0, "is a character device (/dev/null)", ""},
+		}, 0, "/dev/null is a character device, not an eventfd", ""},
 		{"timerfd", func(t *testing.T) *os.File {
 			fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
 			if err != nil {
