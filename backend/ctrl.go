@@ -39,6 +39,9 @@ type ctrlQueue struct {
 	chain virtio.Chain
 	buf   []byte
 	bad   droplog.Limiter
+	// broken: the ring or its kick is unusable until the device is reset;
+	// the goroutine ends, and with it any wakeup.
+	broken bool
 }
 
 func newCtrlQueue(d *Device, s *slot) (*ctrlQueue, error) {
@@ -75,35 +78,96 @@ func (c *ctrlQueue) run() {
 	// their bytes out before they take the device's lock, so a fault
 	// never leaves it held.
 	if err := memfault.Guard(c.serve); err != nil {
-		c.d.ctrlCtr.add(CtrlMemoryFaults)
-		c.log.Error("control queue stopped until the device is reset", "error", err)
+		ctr := &c.d.ctrlCtr
+		ctr.add(CtrlMemoryFaults)
+		ctr.warn[CtrlMemoryFaults].Error(c.log, "control queue stopped until the device is reset", err)
 	}
 }
 
+// Event tags of serve's epoll set.
+const (
+	ctrlTagKick = iota
+	ctrlTagStop
+)
+
+// serve answers commands as the driver kicks, until halt or until the
+// ring or its kick breaks. It watches the kick edge-triggered, as the
+// engine's workers do (engine.QueuePair.Start): a kick whose read leaves
+// it readable does not wake it again, and one that hangs up or fails
+// (EPOLLHUP, EPOLLERR, a read that is no eventfd's) ends it, counted in
+// broken_rings.
 func (c *ctrlQueue) serve() error {
 	// Commands may have been posted before the kick was wired.
 	c.process()
-	fds := []unix.PollFd{{Fd: int32(c.s.kick.Fd()), Events: unix.POLLIN}, {Fd: int32(c.stop.Fd()), Events: unix.POLLIN}}
-	for {
-		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := unix.Poll(fds, -1); err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			c.log.Error("control queue stopped", "error", err)
-			return nil
-		}
-		if fds[1].Revents != 0 {
-			return nil
-		}
-		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			c.log.Error("control queue stopped: kick eventfd unusable", "revents", fds[0].Revents)
-			return nil
-		}
-		c.s.kick.Drain()
-		c.d.ctrlCtr.add(CtrlKicks)
-		c.process()
+	if c.broken {
+		return nil
 	}
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		c.log.Error("control queue stopped", "error", fmt.Errorf("epoll_create1: %w", err))
+		return nil
+	}
+	defer unix.Close(ep)
+	for _, w := range []struct {
+		fd     int
+		tag    int32
+		events uint32
+	}{
+		{c.s.kick.Fd(), ctrlTagKick, unix.EPOLLIN | unix.EPOLLET},
+		{c.stop.Fd(), ctrlTagStop, unix.EPOLLIN},
+	} {
+		ev := unix.EpollEvent{Events: w.events, Fd: w.tag}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, w.fd, &ev); err != nil {
+			c.log.Error("control queue stopped", "error", fmt.Errorf("epoll_ctl add fd %d: %w", w.fd, err))
+			return nil
+		}
+	}
+	var events [2]unix.EpollEvent
+	for {
+		n, err := unix.EpollWait(ep, events[:], -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			c.log.Error("control queue stopped", "error", fmt.Errorf("epoll_wait: %w", err))
+			return nil
+		}
+		kicked := false
+		for _, ev := range events[:n] {
+			if ev.Fd == ctrlTagStop {
+				return nil
+			}
+			if ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				c.breakRing(fmt.Errorf("kick eventfd %d: epoll events %#x: hung up or failed", c.s.kick.Fd(), ev.Events))
+				return nil
+			}
+			if _, err := c.s.kick.Take(); err != nil {
+				c.breakRing(fmt.Errorf("kick: %w", err))
+				return nil
+			}
+			kicked = true
+		}
+		if kicked {
+			c.d.ctrlCtr.add(CtrlKicks)
+			c.process()
+			if c.broken {
+				return nil
+			}
+		}
+	}
+}
+
+// breakRing gives up on the control queue until the device is reset: the
+// ring or its kick is unusable. Counted once, logged at most once a
+// minute across restarts; serve then returns, and nothing wakes it.
+func (c *ctrlQueue) breakRing(err error) {
+	if c.broken {
+		return
+	}
+	c.broken = true
+	ctr := &c.d.ctrlCtr
+	ctr.add(CtrlBrokenRings)
+	ctr.warn[CtrlBrokenRings].Error(c.log, "control queue unusable until the device is reset", err)
 }
 
 // process answers every available command, then returns them to the
@@ -112,13 +176,13 @@ func (c *ctrlQueue) process() {
 	ctr := &c.d.ctrlCtr
 	pushed := 0
 	c.q.DisableNotify()
-	for {
+	for !c.broken {
 		ok, err := c.q.Pop(&c.chain)
 		if err != nil {
 			if !errors.Is(err, virtio.ErrBadChain) {
 				// The ring itself is broken: nothing more can be read
 				// until the driver resets the device.
-				c.log.Error("control ring unusable until the device is reset", "error", err)
+				c.breakRing(err)
 				break
 			}
 			ctr.add(CtrlBadChains)
@@ -161,7 +225,8 @@ func (c *ctrlQueue) process() {
 	c.q.Flush()
 	if c.q.NeedsInterrupt() {
 		if err := c.s.call.Notify(); err != nil {
-			c.log.Warn("control queue interrupt failed", "error", err)
+			ctr.add(CtrlInterruptErrors)
+			ctr.warn[CtrlInterruptErrors].Warn(c.log, "control queue interrupt failed", err)
 		}
 	}
 }
@@ -182,7 +247,7 @@ func (c *ctrlQueue) answer() error {
 func (c *ctrlQueue) push(written uint32) {
 	if err := c.q.Push(&c.chain, written); err != nil {
 		// Only a bug gets here: the chain was popped.
-		c.log.Error("return control chain", "error", err)
+		c.breakRing(fmt.Errorf("return control chain: %w", err))
 	}
 }
 

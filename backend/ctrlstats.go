@@ -4,6 +4,7 @@ import (
 	"iter"
 	"sync/atomic"
 
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/internal/stats"
 )
 
@@ -18,6 +19,8 @@ const (
 	CtrlBadChains
 	CtrlKicks
 	CtrlMemoryFaults
+	CtrlBrokenRings
+	CtrlInterruptErrors
 
 	numCtrlCounters
 )
@@ -25,19 +28,24 @@ const (
 // ctrlTable declares the control queue's counters once, as
 // engine.Counter's table does a queue pair's.
 var ctrlTable = stats.Table{
-	CtrlCommands:     {Name: "commands", Help: "control commands answered VIRTIO_NET_OK"},
-	CtrlErrors:       {Name: "errors", Help: "control commands answered VIRTIO_NET_ERR: unknown, not negotiated, malformed or failed", Drop: true},
-	CtrlBadChains:    {Name: "bad_chains", Help: "control chains returned unanswered: malformed, or no byte for the ack", Drop: true},
-	CtrlKicks:        {Name: "kicks", Help: "control queue kicks received"},
-	CtrlMemoryFaults: {Name: "memory_faults", Help: "guest memory faults that stopped the control queue until the device is reset", Drop: true},
+	CtrlCommands:        {Name: "commands", Help: "control commands answered VIRTIO_NET_OK"},
+	CtrlErrors:          {Name: "errors", Help: "control commands answered VIRTIO_NET_ERR: unknown, not negotiated, malformed or failed", Drop: true},
+	CtrlBadChains:       {Name: "bad_chains", Help: "control chains returned unanswered: malformed, or no byte for the ack", Drop: true},
+	CtrlKicks:           {Name: "kicks", Help: "control queue kicks received"},
+	CtrlMemoryFaults:    {Name: "memory_faults", Help: "guest memory faults that stopped the control queue until the device is reset", Drop: true},
+	CtrlBrokenRings:     {Name: "broken_rings", Help: "times the control queue stopped until the device is reset: its ring broke, or its kick eventfd hung up or failed", Drop: true},
+	CtrlInterruptErrors: {Name: "interrupt_errors", Help: "control queue interrupts not sent: the call eventfd failed", Drop: true},
 }
 
 func (k CtrlCounter) String() string { return ctrlTable[k].Name }
 
 // ctrlCounters are the control queue's counters, for the life of the
-// Device.
+// Device, and the droplog.Warners of the faults they count that the guest
+// can repeat: like the counts, they outlive restarts of the queue (a
+// driver reset), so each fault is logged at most once a minute.
 type ctrlCounters struct {
-	v [numCtrlCounters]atomic.Uint64
+	v    [numCtrlCounters]atomic.Uint64
+	warn [numCtrlCounters]droplog.Warner // by the counter of the fault
 }
 
 func (c *ctrlCounters) add(k CtrlCounter) { c.v[k].Add(1) }

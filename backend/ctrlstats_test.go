@@ -14,7 +14,7 @@ func TestCtrlTable(t *testing.T) {
 	}
 	var s CtrlStats
 	s[CtrlCommands], s[CtrlBadChains] = 3, 1
-	if got, want := s.String(), "commands=3 errors=0 bad_chains=1 kicks=0 memory_faults=0"; got != want {
+	if got, want := s.String(), "commands=3 errors=0 bad_chains=1 kicks=0 memory_faults=0 broken_rings=0 interrupt_errors=0"; got != want {
 		t.Errorf("String: got %q, want %q", got, want)
 	}
 	b, err := json.Marshal(s)

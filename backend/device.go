@@ -15,6 +15,7 @@ import (
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
@@ -72,8 +73,9 @@ type Options struct {
 	// ConfigInterrupt is an eventfd the device signals after the config
 	// space changed (the link went up or down, an announce was requested):
 	// the VMM's configuration change interrupt (an irqfd, say). New
-	// duplicates it; the caller keeps its own file. nil: the driver is not
-	// told.
+	// duplicates it; the caller keeps its own file. Anything but an
+	// eventfd, or a semaphore one, is refused (engine.EventFDFromFile).
+	// nil: the driver is not told.
 	ConfigInterrupt *os.File
 
 	// Logger receives log lines; nil means none.
@@ -94,8 +96,11 @@ type Device struct {
 	txCaps   offload.TXCaps
 	steering ebpf.Steering
 	cfgIRQ   *engine.EventFD // nil without Options.ConfigInterrupt
-	pairs    []pair
-	counters []*engine.Counters
+	// cfgIRQWarn thins out the lines of a config interrupt that fails
+	// (the link may flap as often as the host likes).
+	cfgIRQWarn droplog.Warner
+	pairs      []pair
+	counters   []*engine.Counters
 
 	ctrlCtr   ctrlCounters
 	stopWatch context.CancelFunc
@@ -192,7 +197,7 @@ func New(opts Options) (*Device, error) {
 		return nil, fmt.Errorf("new net device: %w", err)
 	}
 	if opts.ConfigInterrupt != nil {
-		if d.cfgIRQ, err = dupEventFD(opts.ConfigInterrupt); err != nil {
+		if d.cfgIRQ, err = dupEventFD(opts.ConfigInterrupt, false); err != nil {
 			return nil, fmt.Errorf("new net device: config interrupt: %w", err)
 		}
 	}
@@ -242,7 +247,7 @@ func (d *Device) notifyConfig() {
 		return
 	}
 	if err := d.cfgIRQ.Notify(); err != nil {
-		d.log.Warn("config change interrupt failed", "error", err)
+		d.cfgIRQWarn.Warn(d.log, "config change interrupt failed", err)
 	}
 }
 

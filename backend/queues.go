@@ -31,9 +31,12 @@ type QueueConfig struct {
 	// Kick is the eventfd the driver's notifications arrive on (a KVM
 	// ioeventfd on the queue's notify address, say); Call the eventfd the
 	// device signals to interrupt the driver (a KVM irqfd). Both are
-	// required. Activate duplicates them: the caller keeps its files and
-	// may close them whenever it likes; the device closes its duplicates
-	// when the queue stops (Reset, Close).
+	// required, and must be eventfds made without EFD_SEMAPHORE: anything
+	// else is refused with an error matching engine.ErrNotEventFD
+	// (engine.KickFromFile, EventFDFromFile say what is told apart).
+	// Activate duplicates them: the caller keeps its files and may close
+	// them whenever it likes; the device closes its duplicates when the
+	// queue stops (Reset, Close).
 	Kick, Call *os.File
 
 	// Resume, if not nil, is where a ring that ran before continues: what
@@ -241,15 +244,16 @@ func (d *Device) startQueueLocked(index int, q virtio.Queue, kickFile, callFile 
 	return nil
 }
 
-// newSlot duplicates a queue's eventfds.
+// newSlot duplicates a queue's eventfds, refusing any that is not an
+// eventfd or a semaphore one (dupEventFD).
 func newSlot(q virtio.Queue, kickFile, callFile *os.File) (*slot, error) {
-	kick, err := dupEventFD(kickFile)
+	kick, err := dupEventFD(kickFile, true)
 	if err != nil {
 		return nil, fmt.Errorf("kick: %w", err)
 	}
 	s := &slot{q: q, kick: kick, call: noCall{}}
 	if callFile != nil {
-		c, err := dupEventFD(callFile)
+		c, err := dupEventFD(callFile, false)
 		if err != nil {
 			kick.Close()
 			return nil, fmt.Errorf("call: %w", err)
@@ -382,8 +386,13 @@ func (d *Device) stopPair(i int) error {
 }
 
 // dupEventFD duplicates an eventfd the caller keeps, for as long as the
-// device needs it.
-func dupEventFD(f *os.File) (*engine.EventFD, error) {
+// device needs it: every eventfd the device is handed (kick, call, a
+// vhost-user ring's err, the config interrupt) comes through here, and is
+// checked here, once (engine.KickFromFile for one the device reads,
+// engine.EventFDFromFile for one it writes). Anything else is an error
+// matching engine.ErrNotEventFD that names the caller's fd and what it
+// is; nothing is kept open.
+func dupEventFD(f *os.File, kick bool) (*engine.EventFD, error) {
 	if f == nil {
 		return nil, errors.New("no eventfd")
 	}
@@ -391,17 +400,26 @@ func dupEventFD(f *os.File) (*engine.EventFD, error) {
 	if err != nil {
 		return nil, err
 	}
-	var nfd int
+	var fd, nfd int
 	var derr error
-	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+	if err := rc.Control(func(u uintptr) {
+		fd = int(u)
+		nfd, derr = unix.FcntlInt(u, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
 		return nil, err
 	}
 	if derr != nil {
-		return nil, fmt.Errorf("dup: %w", derr)
+		return nil, fmt.Errorf("dup fd %d: %w", fd, derr)
 	}
-	if err := unix.SetNonblock(nfd, true); err != nil {
-		unix.Close(nfd)
-		return nil, err
+	dup := os.NewFile(uintptr(nfd), f.Name())
+	from := engine.EventFDFromFile
+	if kick {
+		from = engine.KickFromFile
 	}
-	return engine.EventFDFromFile(os.NewFile(uintptr(nfd), "eventfd"))
+	e, err := from(dup)
+	if err != nil {
+		dup.Close()
+		return nil, fmt.Errorf("fd %d: %w", fd, err)
+	}
+	return e, nil
 }

@@ -58,7 +58,18 @@ func (b vhostUserAdapter) SetMTU(mtu uint16) error {
 // the TAP as if the guest had sent it.
 func (b vhostUserAdapter) SendRARP(mac net.HardwareAddr) error { return b.d.Announce(mac) }
 
+// StartQueue starts ring index as Activate starts a queue. Its kick,
+// call and err fds must be eventfds without EFD_SEMAPHORE (see
+// QueueConfig.Kick); the device never signals err, but a front-end that
+// hands over something else is told so.
 func (b vhostUserAdapter) StartQueue(index int, s vhostuser.QueueSetup) error {
+	if s.Err != nil {
+		e, err := dupEventFD(s.Err, false)
+		if err != nil {
+			return fmt.Errorf("start queue %d: err: %w", index, err)
+		}
+		e.Close()
+	}
 	b.d.mu.Lock()
 	q, err := b.d.newQueue(s.Memory, QueueConfig{Size: s.Size, DescAddr: s.DescAddr, DriverAddr: s.AvailAddr,
 		DeviceAddr: s.UsedAddr, Resume: &QueueState{NextAvail: s.NextAvail, NextUsed: s.NextUsed}})
