@@ -248,3 +248,22 @@ func TestResultVersions(t *testing.T) {
 		}
 	}
 }
+
+// DEL takes a configuration ADD refused (a runtime undoing a failed
+// chain) and goes on with what it needs; JSON that does not parse is
+// still an error.
+func TestParseForDel(t *testing.T) {
+	c, err := parseForDel(conf(t, map[string]any{"queues": 0, "dataDir": "/tmp/vmnet-state", "ipam": map[string]any{"type": "host-local"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.networkName != "net" || c.dataDir != "/tmp/vmnet-state" || c.ipam != "" {
+		t.Errorf("got network %q, dataDir %q, ipam %q; want net, /tmp/vmnet-state and no IPAM call", c.networkName, c.dataDir, c.ipam)
+	}
+	if c, err := parseForDel(conf(t, map[string]any{"dataDir": "relative"})); err != nil || c.dataDir != defaultDataDir {
+		t.Errorf("bad dataDir: got %v, %v; want the default folder", c, err)
+	}
+	if _, err := parseForDel([]byte("{")); err == nil {
+		t.Error("broken JSON: no error")
+	}
+}

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/hashicorp/go-hclog"
 )
 
 // del is CNI DEL: remove the attachment's TAP, bridge and tc filters,
@@ -13,7 +17,7 @@ import (
 // namespace gone (the kernel deleted the TAP with it), the TAP gone, DEL
 // run twice.
 func (p *plugin) del(args *skel.CmdArgs) error {
-	c, err := parseConfig(args.StdinData)
+	c, err := parseForDel(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -70,4 +74,31 @@ func namespacesOf(netNS string, rec *record) []string {
 		out = append(out, rec.NetNS)
 	}
 	return out
+}
+
+// parseForDel reads the configuration for DEL. A configuration ADD
+// refused may still come back to DEL (a runtime undoing a failed chain),
+// and its DEL must not fail on the same mistake: DEL goes on with the
+// network's name and the state folder (the default one if dataDir is
+// what is wrong). It skips the IPAM plugin: ADD refuses such a
+// configuration before it asks IPAM for anything.
+func parseForDel(data []byte) (*config, error) {
+	c, err := parseConfig(data)
+	var e *types.Error
+	if err == nil || !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig && e.Code != types.ErrUnsupportedField {
+		return c, err
+	}
+	var n struct {
+		types.PluginConf
+		DataDir string `json:"dataDir"`
+	}
+	if json.Unmarshal(data, &n) != nil {
+		return nil, err
+	}
+	c = &config{netConf: &netConf{PluginConf: n.PluginConf}, networkName: n.Name, cniVersion: n.CNIVersion,
+		dataDir: defaultDataDir, logLevel: hclog.Warn}
+	if filepath.IsAbs(n.DataDir) {
+		c.dataDir = filepath.Clean(n.DataDir)
+	}
+	return c, nil
 }
