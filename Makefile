@@ -19,9 +19,11 @@ all: build
 # vmnet-helper drops privileges on every thread through libcap's psx in a
 # cgo build too, but runs setuid root: CGO_ENABLED=0 makes it a static
 # binary, with no dynamic loader, libc or NSS module in the privileged
-# process (ld.so's secure mode has had holes: CVE-2023-4911).
+# process (ld.so's secure mode has had holes: CVE-2023-4911). vmnet-cni is
+# static too, so a DaemonSet can copy it onto any node (docs/kubernetes.md).
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/vmnet-helper ./cmd/vmnet-helper
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/vmnet-cni ./cmd/vmnet-cni
 
 # deps installs the Debian packages the privileged and integration tests use.
 deps:
