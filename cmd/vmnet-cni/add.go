@@ -352,7 +352,10 @@ func buildResult(c *config, a attachment, prev, ipamResult *current.Result, tapL
 		Mtu:     tapLink.Attrs().MTU,
 		Sandbox: a.netNS,
 	}
-	ours := func(name string) bool { return name == tapIf.Name || a.mode == modeBridge && name == a.bridge }
+	ours := func(i *current.Interface) bool {
+		return i.Sandbox == a.netNS && (i.Name == tapIf.Name || a.mode == modeBridge && i.Name == a.bridge) ||
+			i.Sandbox == a.containerID && i.Name == tapIf.Name
+	}
 	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	switch {
 	case prev != nil:
@@ -361,7 +364,7 @@ func buildResult(c *config, a attachment, prev, ipamResult *current.Result, tapL
 		// runtime repeating ADD with the chain's last result): each once.
 		index := map[int]int{}
 		for i, iface := range prev.Interfaces {
-			if iface.Sandbox == a.netNS && ours(iface.Name) {
+			if ours(iface) {
 				continue
 			}
 			index[i] = len(r.Interfaces)
@@ -401,7 +404,35 @@ func buildResult(c *config, a attachment, prev, ipamResult *current.Result, tapL
 		r.Interfaces = []*current.Interface{tapIf}
 		r.DNS = c.netConf.DNS
 	}
+	if c.vmInterface {
+		addVMInterface(r, a, tapIf)
+	}
 	return r
+}
+
+// addVMInterface adds the guest's interface to the result, as
+// tc-redirect-tap reports it and firecracker-go-sdk (firecracker-
+// containerd) reads it: named as the TAP, in the sandbox CNI_CONTAINERID
+// (the VM), with the MAC the guest must take in tc-redirect mode (the
+// peer's, which the TAP carries). The addresses of the peer, or the
+// standalone TAP's, become the guest's.
+func addVMInterface(r *current.Result, a attachment, tapIf *current.Interface) {
+	vm := &current.Interface{Name: tapIf.Name, Mtu: tapIf.Mtu, Sandbox: a.containerID}
+	if a.mode == modeTCRedirect {
+		vm.Mac = tapIf.Mac
+	}
+	from := -1 // the interface whose addresses the guest takes
+	for i, iface := range r.Interfaces {
+		if iface.Sandbox == a.netNS && (iface.Name == a.peer && a.peer != "" || a.peer == "" && iface.Name == tapIf.Name) {
+			from = i
+		}
+	}
+	r.Interfaces = append(r.Interfaces, vm)
+	for _, ip := range r.IPs {
+		if ip.Interface == nil || *ip.Interface == from {
+			ip.Interface = current.Int(len(r.Interfaces) - 1)
+		}
+	}
 }
 
 // parseResult reads a result the plugin recorded.

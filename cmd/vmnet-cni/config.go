@@ -41,6 +41,9 @@ type netConf struct {
 	Bridge     string `json:"bridge,omitempty"`
 	DataDir    string `json:"dataDir,omitempty"`
 	LogLevel   string `json:"logLevel,omitempty"`
+	// VMInterface adds the guest's interface to the result, as
+	// tc-redirect-tap does for firecracker-go-sdk.
+	VMInterface bool `json:"vmInterface,omitempty"`
 
 	// OldValidAttachments is the GC list under the name CNI 1.1.0's spec
 	// text first gave it; libcni sends both (containernetworking/cni#1101).
@@ -84,6 +87,7 @@ type config struct {
 	bridge      string // "" derives it from CNI_IFNAME (bridgeNameFor)
 	dataDir     string
 	logLevel    hclog.Level
+	vmInterface bool
 	ipam        string
 	valid       []types.GCAttachment
 	cniVersion  string
@@ -100,7 +104,7 @@ var knownFields = map[string]bool{
 	"ipam": true, "dns": true, "prevResult": true, "runtimeConfig": true, "args": true,
 	"queues": true, "multiQueue": true, "vnetHdr": true, "owner": true, "group": true,
 	"mtu": true, "mac": true, "offloads": true, "steering": true, "mode": true,
-	"tapName": true, "bridge": true, "dataDir": true, "logLevel": true,
+	"tapName": true, "bridge": true, "dataDir": true, "logLevel": true, "vmInterface": true,
 }
 
 // configError is a configuration the plugin refuses, before it changes
@@ -148,6 +152,7 @@ func parseConfig(data []byte) (*config, error) {
 		cniVersion:  n.CNIVersion,
 		networkName: n.Name,
 		offloads:    "none",
+		vmInterface: n.VMInterface,
 	}
 	c.valid = append(append(c.valid, n.ValidAttachments...), n.OldValidAttachments...)
 

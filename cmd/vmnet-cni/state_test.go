@@ -102,3 +102,32 @@ func TestChainedResult(t *testing.T) {
 		t.Errorf("from its own result:\n got %v %v\nwant %v %v", again.Interfaces, again.IPs, r.Interfaces, r.IPs)
 	}
 }
+
+// vmInterface: the guest's interface is in the result as tc-redirect-tap
+// puts it (firecracker-go-sdk's VMTapPair looks for it): the TAP's name,
+// the sandbox CNI_CONTAINERID, the peer's MAC, and the peer's addresses.
+func TestVMInterface(t *testing.T) {
+	c, err := parseConfig(conf(t, map[string]any{"vmInterface": true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := "/run/netns/pod"
+	prev := &current.Result{
+		CNIVersion: "1.0.0",
+		Interfaces: []*current.Interface{{Name: "veth1"}, {Name: "eth0", Sandbox: ns, Mac: "fe:00:00:12:34:56"}},
+		IPs:        []*current.IPConfig{{Interface: current.Int(1), Address: net.IPNet{IP: net.IPv4(10, 0, 0, 2), Mask: net.CIDRMask(24, 32)}}},
+	}
+	a := attachment{netNS: ns, containerID: "vm1", mode: modeTCRedirect, peer: "eth0"}
+	r := buildResult(c, a, prev, nil, fakeTAP(), nil)
+	if len(r.Interfaces) != 4 {
+		t.Fatalf("interfaces %v", r.Interfaces)
+	}
+	vm := r.Interfaces[3]
+	if vm.Name != "tap0" || vm.Sandbox != "vm1" || vm.Mac != "fe:00:00:12:34:56" || *r.IPs[0].Interface != 3 {
+		t.Errorf("vm interface %+v, address on %d; want tap0 in sandbox vm1 with the peer's MAC, holding the address", vm, *r.IPs[0].Interface)
+	}
+	again := buildResult(c, a, r, nil, fakeTAP(), nil)
+	if !reflect.DeepEqual(again.Interfaces, r.Interfaces) || !reflect.DeepEqual(again.IPs, r.IPs) {
+		t.Errorf("from its own result:\n got %v %v\nwant %v %v", again.Interfaces, again.IPs, r.Interfaces, r.IPs)
+	}
+}

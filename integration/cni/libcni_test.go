@@ -277,3 +277,48 @@ func checkConnection(t testing.TB, ns, mode, peer, tapName string) {
 		}
 	}
 }
+
+// The firecracker-containerd chain of docs/kubernetes.md: ptp, then vmnet
+// with one queue (Firecracker opens its TAP without IFF_MULTI_QUEUE) and
+// vmInterface, so the result carries the guest's interface the way
+// tc-redirect-tap reports it and firecracker-go-sdk reads it. ptp's CHECK
+// still finds its addresses on eth0.
+func TestFirecrackerChain(t *testing.T) {
+	r := newRig(t)
+	list := r.conflist("ptp.conflist", func(p map[string]any) {
+		p["queues"], p["vmInterface"], p["steering"] = 1, true, "kernel"
+		delete(p, "owner")
+		delete(p, "group")
+	})
+	_, path := r.pod()
+	c := rt("fc-vm-1", path, "eth0")
+	res := r.mustAdd(list, c)
+	var vm, tapIf *current.Interface
+	var vmIndex int
+	for i, iface := range res.Interfaces {
+		switch iface.Sandbox {
+		case c.ContainerID:
+			vm, vmIndex = iface, i
+		case path:
+			if iface.Name == "tap0" {
+				tapIf = iface
+			}
+		}
+	}
+	if vm == nil || tapIf == nil || vm.Name != tapIf.Name || vm.Mac == "" || vm.Mac != tapIf.Mac {
+		t.Fatalf("want a TAP in %s and a VM interface of the same name and MAC in sandbox %s: %v", path, c.ContainerID, res.Interfaces)
+	}
+	if len(res.IPs) != 1 || res.IPs[0].Interface == nil || *res.IPs[0].Interface != vmIndex {
+		t.Errorf("the address should be the VM interface's (%d): %v", vmIndex, res.IPs)
+	}
+	info, err := tap.Lookup("tap0", path)
+	if err != nil || info.MultiQueue {
+		t.Errorf("tap0: %+v, %v; want a single-queue TAP", info, err)
+	}
+	if err := r.check(list, c); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := r.del(list, c); err != nil {
+		t.Errorf("DEL: %v", err)
+	}
+}
