@@ -37,6 +37,9 @@ func (p *plugin) add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := c.applyArgs(args.Args); err != nil {
+		return err
+	}
 	log := p.logger(c, "ADD", args)
 	a, prev, err := c.resolve(args)
 	if err != nil {

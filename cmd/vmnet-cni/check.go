@@ -25,6 +25,9 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := c.applyArgs(args.Args); err != nil {
+		return err
+	}
 	log := p.logger(c, "CHECK", args)
 	if c.netConf.PrevResult == nil {
 		return configError("prevResult", "CHECK needs the result of ADD (the runtime passes it as prevResult)")

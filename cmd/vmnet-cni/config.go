@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -321,4 +322,52 @@ func truncName(s string) string {
 		return s[:15]
 	}
 	return s
+}
+
+// The CNI_ARGS keys tc-redirect-tap reads, taken here too so that vmnet
+// drops into its chains unchanged (firecracker-containerd and the
+// Firecracker guides pass them): the TAP's name, owner and group, over
+// the configuration's. Other keys are the runtime's or other plugins'.
+const (
+	argTapName = "TC_REDIRECT_TAP_NAME"
+	argTapUID  = "TC_REDIRECT_TAP_UID"
+	argTapGID  = "TC_REDIRECT_TAP_GID"
+)
+
+// applyArgs applies CNI_ARGS ("K=V;K=V"); a bad value is CNI error 4
+// naming the variable and key.
+func (c *config) applyArgs(cniArgs string) error {
+	if cniArgs == "" {
+		return nil
+	}
+	bad := func(format string, args ...any) error {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_ARGS "+fmt.Sprintf(format, args...), "")
+	}
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return bad("%q: want KEY=VALUE pairs separated by ';'", kv)
+		}
+		switch k {
+		case argTapName:
+			if err := tap.ValidateName(v, true); err != nil {
+				return bad("%s: %v", k, err)
+			}
+			c.tapName = v
+		case argTapUID, argTapGID:
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err == nil {
+				_, err = checkID(k, &n)
+			}
+			if err != nil {
+				return bad("%s=%q: want an id from 0 to %d", k, v, uint32(1<<32-2))
+			}
+			if k == argTapUID {
+				c.owner = int(n)
+			} else {
+				c.group = int(n)
+			}
+		}
+	}
+	return nil
 }

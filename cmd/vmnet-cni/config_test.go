@@ -267,3 +267,24 @@ func TestParseForDel(t *testing.T) {
 		t.Error("broken JSON: no error")
 	}
 }
+
+// CNI_ARGS as tc-redirect-tap reads them: name, owner and group over the
+// configuration's; other keys left alone; bad values are error 4.
+func TestApplyArgs(t *testing.T) {
+	c, err := parseConfig(conf(t, map[string]any{"owner": 107, "tapName": "tap0"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.applyArgs("IgnoreUnknown=1;K8S_POD_NAME=x;TC_REDIRECT_TAP_NAME=tap1;TC_REDIRECT_TAP_UID=1000;TC_REDIRECT_TAP_GID=1001"); err != nil {
+		t.Fatal(err)
+	}
+	if c.tapName != "tap1" || c.owner != 1000 || c.group != 1001 {
+		t.Errorf("got tap %q owner %d group %d; want tap1, 1000, 1001", c.tapName, c.owner, c.group)
+	}
+	for _, bad := range []string{"TC_REDIRECT_TAP_UID=-1", "TC_REDIRECT_TAP_GID=jailer", "TC_REDIRECT_TAP_NAME=a/b", "novalue"} {
+		var e *types.Error
+		if err := c.applyArgs(bad); !errors.As(err, &e) || e.Code != types.ErrInvalidEnvironmentVariables || !strings.HasPrefix(e.Msg, "CNI_ARGS ") {
+			t.Errorf("%s: got %v, want CNI error %d naming CNI_ARGS", bad, err, types.ErrInvalidEnvironmentVariables)
+		}
+	}
+}

@@ -281,8 +281,9 @@ func checkConnection(t testing.TB, ns, mode, peer, tapName string) {
 // The firecracker-containerd chain of docs/kubernetes.md: ptp, then vmnet
 // with one queue (Firecracker opens its TAP without IFF_MULTI_QUEUE) and
 // vmInterface, so the result carries the guest's interface the way
-// tc-redirect-tap reports it and firecracker-go-sdk reads it. ptp's CHECK
-// still finds its addresses on eth0.
+// tc-redirect-tap reports it and firecracker-go-sdk reads it; the TAP's
+// name and owner come in CNI_ARGS under tc-redirect-tap's keys. ptp's
+// CHECK still finds its addresses on eth0.
 func TestFirecrackerChain(t *testing.T) {
 	r := newRig(t)
 	list := r.conflist("ptp.conflist", func(p map[string]any) {
@@ -292,6 +293,7 @@ func TestFirecrackerChain(t *testing.T) {
 	})
 	_, path := r.pod()
 	c := rt("fc-vm-1", path, "eth0")
+	c.Args = [][2]string{{"IgnoreUnknown", "1"}, {"TC_REDIRECT_TAP_NAME", "tap1"}, {"TC_REDIRECT_TAP_UID", "123"}, {"TC_REDIRECT_TAP_GID", "456"}}
 	res := r.mustAdd(list, c)
 	var vm, tapIf *current.Interface
 	var vmIndex int
@@ -300,7 +302,7 @@ func TestFirecrackerChain(t *testing.T) {
 		case c.ContainerID:
 			vm, vmIndex = iface, i
 		case path:
-			if iface.Name == "tap0" {
+			if iface.Name == "tap1" {
 				tapIf = iface
 			}
 		}
@@ -311,9 +313,9 @@ func TestFirecrackerChain(t *testing.T) {
 	if len(res.IPs) != 1 || res.IPs[0].Interface == nil || *res.IPs[0].Interface != vmIndex {
 		t.Errorf("the address should be the VM interface's (%d): %v", vmIndex, res.IPs)
 	}
-	info, err := tap.Lookup("tap0", path)
-	if err != nil || info.MultiQueue {
-		t.Errorf("tap0: %+v, %v; want a single-queue TAP", info, err)
+	info, err := tap.Lookup("tap1", path)
+	if err != nil || info.MultiQueue || info.Owner != 123 || info.Group != 456 {
+		t.Errorf("tap1: %+v, %v; want a single-queue TAP of uid 123, gid 456", info, err)
 	}
 	if err := r.check(list, c); err != nil {
 		t.Errorf("CHECK: %v", err)
