@@ -114,10 +114,13 @@ func (r *vmRig) replied(pairs, hdrLen int, d time.Duration) bool {
 			if _, err := call.Read(n[:]); err != nil {
 				continue
 			}
+			// As Linux's NAPI poll does: reap, ask for the next interrupt
+			// (EVENT_IDX's used_event), then reap once more what the
+			// device used before it could see the request
+			// (virtqueue_enable_cb_prepare, virtqueue_poll).
 			used := g.Reap()
-			// As Linux's NAPI poll does once it has processed them: the
-			// next used buffer interrupts again (EVENT_IDX).
 			g.EnableInterrupts()
+			used = append(used, g.Reap()...)
 			for _, u := range used {
 				f := u.Data[hdrLen:]
 				if len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 {
