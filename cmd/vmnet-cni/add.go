@@ -112,10 +112,11 @@ func (p *plugin) add(args *skel.CmdArgs) (err error) {
 	}
 
 	// Standalone with IPAM: the addresses are the guest's. Asked once per
-	// attachment; a repeated ADD prints the recorded result again.
+	// attachment (until DEL releases them); a repeated ADD uses the
+	// recorded result again, also when the TAP has to be made anew.
 	var ipamResult *current.Result
 	if c.ipam != "" {
-		if tapLink != nil && len(rec.Result) > 0 {
+		if rec != nil && len(rec.Result) > 0 {
 			if ipamResult, err = parseResult(rec.Result); err != nil {
 				return err
 			}

@@ -107,6 +107,22 @@ func TestConflists(t *testing.T) {
 				}
 			})
 
+			t.Run("ADD again after the TAP was deleted", func(t *testing.T) {
+				testutil.Exec(t, pod1, "ip", "link", "del", tc.tapName)
+				if err := r.check(list, c1); err == nil || !strings.Contains(err.Error(), "not in") {
+					t.Errorf("CHECK without the TAP: got %v", err)
+				}
+				again := r.addAgain(list, c1, res)
+				if !reflect.DeepEqual(again.IPs, res.IPs) || tapOf(t, again, path1).Name != tc.tapName {
+					t.Errorf("ADD again: %v %v, want the same TAP name and addresses %v", again.Interfaces, again.IPs, res.IPs)
+				}
+				checkTAP(t, pod1, path1, tc.tapName, tc.queues)
+				checkConnection(t, pod1, tc.mode, tc.ifName, tc.tapName)
+				if err := r.check(list, c1); err != nil {
+					t.Errorf("CHECK after ADD made the TAP anew: %v", err)
+				}
+			})
+
 			t.Run("GC", func(t *testing.T) {
 				pod2, path2 := r.pod()
 				c2 := rt("vm-two", path2, tc.ifName)
