@@ -29,6 +29,7 @@ type Info struct {
 	MTU            int
 	Up             bool // administratively up
 	Carrier        bool // operationally up (a queue is attached and the link is up)
+	Stats          LinkStats
 }
 
 // ErrNotTap says a link exists under that name but is not a TUN/TAP
@@ -110,6 +111,7 @@ func lookup(ns netns.NsHandle, name string) (Info, error) {
 	}
 	st := linkStateOf(a)
 	info.Up, info.Carrier = st.Up, st.Carrier
+	info.Stats = linkStatsOf(a)
 	if t.Mode == netlink.TUNTAP_MODE_TAP {
 		info.Type = "tap"
 	}
