@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"fmt"
 	"iter"
 	"sync/atomic"
 
@@ -67,6 +68,17 @@ func (s CtrlStats) String() string { return string(ctrlTable.AppendText(nil, s[:
 
 // MarshalJSON writes every counter as one object of name to value.
 func (s CtrlStats) MarshalJSON() ([]byte, error) { return ctrlTable.AppendJSON(nil, s[:]), nil }
+
+// UnmarshalJSON reads what MarshalJSON wrote; counters it leaves out are
+// zero, a name the table does not declare is an error.
+func (s *CtrlStats) UnmarshalJSON(b []byte) error {
+	var t CtrlStats
+	if err := ctrlTable.ParseJSON(b, t[:]); err != nil {
+		return fmt.Errorf("parse control queue counters: %w", err)
+	}
+	*s = t
+	return nil
+}
 
 // All yields each counter's declaration with its value, in CtrlCounter
 // order: what a metrics collector exports.

@@ -25,4 +25,11 @@ func TestCtrlTable(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil || m["commands"] != 3 || m["bad_chains"] != 1 || len(m) != int(numCtrlCounters) {
 		t.Errorf("JSON %s: got %v, %v", b, m, err)
 	}
+	var back CtrlStats
+	if err := json.Unmarshal(b, &back); err != nil || back != s {
+		t.Errorf("JSON %s read back: got %v, %v; want %v", b, back, err, s)
+	}
+	if err := json.Unmarshal([]byte(`{"commandz":1}`), &back); err == nil {
+		t.Error("UnmarshalJSON of a name the table does not declare: got no error")
+	}
 }

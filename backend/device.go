@@ -108,6 +108,7 @@ type Device struct {
 	mu      sync.Mutex
 	acked   virtio.Features
 	ackedOK bool
+	tunOffl offload.TunFlags // the TAP's TUNSETOFFLOAD, from the acked features or GUEST_OFFLOADS_SET
 	config  virtio.NetConfig
 	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
 	ctrl    *ctrlQueue // the control queue's server, while it runs
@@ -281,6 +282,19 @@ func (d *Device) Features() virtio.Features { return d.offered }
 // auto resolved.
 func (d *Device) Steering() ebpf.Steering { return d.steering }
 
+// TAP is Options.TAP, the device the queue pairs read and write.
+func (d *Device) TAP() *tap.Device { return d.opts.TAP }
+
+// Negotiated returns the features the driver acked and the receive
+// offloads the TAP delivers to the guest now (TUNSETOFFLOAD: from the
+// acked features, then GUEST_OFFLOADS_SET); ok is false before
+// SetFeatures succeeds and after Reset.
+func (d *Device) Negotiated() (acked virtio.Features, offloads offload.TunFlags, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.acked, d.tunOffl, d.ackedOK
+}
+
 // Pairs is the number of queue pairs: max_virtqueue_pairs.
 func (d *Device) Pairs() int { return len(d.pairs) }
 
@@ -405,6 +419,7 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 		return fmt.Errorf("set features: %w", err)
 	}
 	d.acked = acked
+	d.tunOffl = offload.TunFlagsFor(acked)
 	d.ackedOK = true
 	// virtio 1.2 §5.1.6.5.5: multiqueue starts disabled; the driver
 	// enables more pairs with VQ_PAIRS_SET.
@@ -468,7 +483,11 @@ func (d *Device) setGuestOffloads(bits uint64) error {
 	if err != nil {
 		return err
 	}
-	return d.opts.TAP.SetOffload(flags)
+	if err := d.opts.TAP.SetOffload(flags); err != nil {
+		return err
+	}
+	d.tunOffl = flags
+	return nil
 }
 
 // Reset is the driver's device reset (writing 0 to device_status), or
