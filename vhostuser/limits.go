@@ -143,6 +143,17 @@ func (s LimitStats) String() string { return string(limitTable.AppendText(nil, s
 // MarshalJSON writes every counter as one object of name to value.
 func (s LimitStats) MarshalJSON() ([]byte, error) { return limitTable.AppendJSON(nil, s[:]), nil }
 
+// UnmarshalJSON reads what MarshalJSON wrote; counters it leaves out are
+// zero, a name the table does not declare is an error.
+func (s *LimitStats) UnmarshalJSON(b []byte) error {
+	var t LimitStats
+	if err := limitTable.ParseJSON(b, t[:]); err != nil {
+		return fmt.Errorf("parse limit counters: %w", err)
+	}
+	*s = t
+	return nil
+}
+
 // All yields each counter's declaration with its value, in Limit order: what a metrics
 // collector exports.
 func (s LimitStats) All() iter.Seq2[istats.Desc, uint64] { return limitTable.All(s[:]) }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 
 	"github.com/vmnet-dev/vmnet/virtio"
@@ -161,6 +162,27 @@ func (r Request) String() string {
 		return requestNames[r]
 	}
 	return fmt.Sprintf("REQUEST_%d", uint32(r))
+}
+
+// MarshalText is String: a request's name, as JSON keys print it.
+func (r Request) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads a name String returns, "REQUEST_N" included.
+func (r *Request) UnmarshalText(b []byte) error {
+	s := string(b)
+	for i, name := range requestNames {
+		if name != "" && name == s {
+			*r = Request(i)
+			return nil
+		}
+	}
+	if n, ok := strings.CutPrefix(s, "REQUEST_"); ok {
+		if v, err := strconv.ParseUint(n, 10, 32); err == nil {
+			*r = Request(v)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown vhost-user request %q", s)
 }
 
 // BackendRequest is a back-end → front-end message type, sent on the channel of

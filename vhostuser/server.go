@@ -2,16 +2,21 @@ package vhostuser
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"iter"
 	"net"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	istats "github.com/vmnet-dev/vmnet/internal/stats"
 )
 
 // DefaultMaxMemSlots is the GET_MAX_MEM_SLOTS answer when Options.MaxMemSlots is zero.
@@ -273,6 +278,27 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// serverCounter names one of a Server's own counters, kept as fields of
+// Stats; serverTable says what each counts.
+type serverCounter int
+
+const (
+	ctrSessions serverCounter = iota
+	ctrRejected
+	ctrUnknown
+
+	numServerCounters
+)
+
+// serverTable declares the server's own counters once: their names in
+// Stats' text and JSON and in a metrics collector. Requests by type and
+// refusals by limit have tables of their own (requestNames, limitTable).
+var serverTable = istats.Table{
+	ctrSessions: {Name: "sessions", Help: "front-end connections served"},
+	ctrRejected: {Name: "rejected", Help: "vhost-user requests refused: malformed, not supported, over a limit, or failed", Drop: true},
+	ctrUnknown:  {Name: "unknown", Help: "vhost-user requests of a type the server does not know", Drop: true},
+}
+
 // Stats counts what a Server has seen since it was made.
 type Stats struct {
 	// Sessions is the number of front-end connections served.
@@ -302,6 +328,99 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	return st
+}
+
+// counters are the fields serverTable declares, in its order.
+func (s *Stats) counters() [numServerCounters]*uint64 {
+	return [...]*uint64{ctrSessions: &s.Sessions, ctrRejected: &s.Rejected, ctrUnknown: &s.Unknown}
+}
+
+// All yields the server's own counters (sessions, rejected, unknown) with
+// their declarations, in table order; Messages and Limited are counted by
+// request and by limit.
+func (s Stats) All() iter.Seq2[istats.Desc, uint64] {
+	var v [numServerCounters]uint64
+	for i, p := range s.counters() {
+		v[i] = *p
+	}
+	return serverTable.All(v[:])
+}
+
+// String prints the counters as name=value pairs, then the requests by
+// name and the refusals by limit that are not zero: "sessions=1
+// rejected=0 unknown=0 messages: [GET_FEATURES=1 ...] limited: [...]".
+func (s Stats) String() string {
+	var v [numServerCounters]uint64
+	for i, p := range s.counters() {
+		v[i] = *p
+	}
+	b := serverTable.AppendText(nil, v[:], nil)
+	reqs := make([]string, 0, len(s.Messages))
+	for r, n := range s.Messages {
+		reqs = append(reqs, fmt.Sprintf("%v=%d", r, n))
+	}
+	slices.Sort(reqs)
+	b = fmt.Appendf(b, " messages: %v", reqs)
+	if s.Limited != (LimitStats{}) {
+		b = append(b, " limited: ["...)
+		b = limitTable.AppendText(b, s.Limited[:], func(i int) bool { return s.Limited[i] != 0 })
+		b = append(b, ']')
+	}
+	return string(b)
+}
+
+// MarshalJSON writes the counters as one object: the server's own by
+// name, then "messages" (request name to count, the requests received)
+// and "limited" (LimitStats).
+func (s Stats) MarshalJSON() ([]byte, error) {
+	var v [numServerCounters]uint64
+	for i, p := range s.counters() {
+		v[i] = *p
+	}
+	b := serverTable.AppendJSON(nil, v[:])
+	msgs, err := json.Marshal(s.Messages) // names by Request.MarshalText, sorted
+	if err != nil {
+		return nil, err
+	}
+	b = append(b[:len(b)-1], `,"messages":`...)
+	b = append(b, msgs...)
+	b = append(b, `,"limited":`...)
+	b = limitTable.AppendJSON(b, s.Limited[:])
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote; a name no table declares is
+// an error.
+func (s *Stats) UnmarshalJSON(b []byte) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("parse vhost-user counters: %w", err)
+	}
+	var t Stats
+	fields := t.counters()
+	for name, raw := range m {
+		var err error
+		switch name {
+		case "messages":
+			err = json.Unmarshal(raw, &t.Messages)
+		case "limited":
+			err = json.Unmarshal(raw, &t.Limited)
+		default:
+			i, ok := serverTable.Index(name)
+			if !ok {
+				return fmt.Errorf("parse vhost-user counters: unknown name %q", name)
+			}
+			err = json.Unmarshal(raw, fields[i])
+		}
+		if err != nil {
+			return fmt.Errorf("parse vhost-user counters: %s: %w", name, err)
+		}
+	}
+	if t.Messages == nil {
+		t.Messages = make(map[Request]uint64)
+	}
+	*s = t
+	return nil
 }
 
 type stats struct {
