@@ -8,6 +8,9 @@
 //     layouts and either byte order (nethdr.go),
 //   - the device configuration space (config.go),
 //   - control-queue commands and their acks (ctrl.go),
+//   - the per-packet hash of RSS and hash reports: which fields of a frame
+//     the enabled hash types select, and the Toeplitz function over them
+//     (rsshash.go, toeplitz.go),
 //   - the guest memory map (memory.go),
 //   - the device side of split and packed virtqueues (queue.go, split.go,
 //     packed.go),
