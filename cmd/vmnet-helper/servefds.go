@@ -18,6 +18,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"github.com/vmnet-dev/vmnet/backend/tap"
+	"github.com/vmnet-dev/vmnet/metrics"
 )
 
 // serve-fds listens on a unix socket (SOCK_SEQPACKET) and answers each
@@ -34,6 +35,9 @@ type serveFdsConfig struct {
 	mode               os.FileMode
 	maxQueues          int
 	timeout            time.Duration
+	metrics            metricsFlag
+	// taps, with --metrics, exports each TAP handed out while it lives.
+	taps *metrics.Collector
 }
 
 func runServeFds(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -47,6 +51,7 @@ func runServeFds(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	mode := fs.String("socket-mode", "0660", "permissions of the socket, octal")
 	fs.IntVar(&c.maxQueues, "max-queues", 16, "most queues one request may ask for (1 to 253)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long one client may take")
+	c.metrics.register(fs)
 	log, err := parseCommand(fs, args, stderr, &lf)
 	if err != nil {
 		return err
@@ -64,6 +69,9 @@ func runServeFds(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	if c.timeout <= 0 {
 		return usagef("serve-fds: --timeout %s: want a positive duration", c.timeout)
+	}
+	if err := c.metrics.check("serve-fds"); err != nil {
+		return err
 	}
 	gid := -1
 	if c.group != "" {
@@ -95,9 +103,19 @@ func runServeFds(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("serve-fds: %w", err)
 	}
 	defer removeOwnSocket(c.socket, ino, log)
+	ms, err := c.metrics.listen()
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("serve-fds: %w", err)
+	}
+	defer ms.stop()
 	if err := keepOnlyNetAdmin(); err != nil {
 		l.Close()
 		return err
+	}
+	if ms != nil {
+		c.taps = metrics.NewCollector()
+		ms.serve(c.taps, log)
 	}
 	fmt.Fprintln(stdout, c.socket)
 	log.Info("serving TAP descriptors", "socket", c.socket, "acl", c.acl, "max_queues", c.maxQueues)
@@ -124,11 +142,13 @@ func (c serveFdsConfig) handler(log hclog.Logger) fdpass.Handler {
 				return fdpass.Grant{}, err
 			}
 		}
-		return makeGrant(req, log)
+		return makeGrant(req, log, c.taps)
 	}
 }
 
-func makeGrant(req fdpass.Request, log hclog.Logger) (g fdpass.Grant, err error) {
+// makeGrant makes the TAP a request asks for; with taps, its link state
+// and kernel counters are exported for as long as it lives.
+func makeGrant(req fdpass.Request, log hclog.Logger, taps *metrics.Collector) (g fdpass.Grant, err error) {
 	cfg := tap.LinkConfig{Up: true}
 	if req.Bridge != "" {
 		br, err := tap.LookupBridge(req.Bridge, "")
@@ -168,6 +188,13 @@ func makeGrant(req fdpass.Request, log hclog.Logger) (g fdpass.Grant, err error)
 			return g, err
 		}
 		g.Files = append(g.Files, f)
+	}
+	if taps != nil {
+		info, err := dev.Info()
+		if err != nil {
+			return g, err
+		}
+		taps.AddTAP(info, "")
 	}
 	return g, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
+	"github.com/vmnet-dev/vmnet/metrics"
 )
 
 // clientResult is what testdata/fdclient prints.
@@ -66,9 +67,10 @@ func TestServeFds(t *testing.T) {
 	other := freeUID(t, allowed+1)
 	acl := writeACL(t, dir, "allow-tap vm%d user "+strconv.Itoa(allowed)+"\nallow br0 user "+strconv.Itoa(allowed)+"\nallow br1\ndeny br1\n")
 	sock := filepath.Join(dir, "fds.sock")
+	msock := filepath.Join(dir, "metrics.sock")
 
 	srv := exec.Command("ip", "netns", "exec", ns, bin, "serve-fds", "--socket", sock, "--acl", acl,
-		"--socket-mode", "0666", "--max-queues", "8", "--log-level", "debug")
+		"--socket-mode", "0666", "--max-queues", "8", "--log-level", "debug", "--metrics", "unix:"+msock)
 	var logs syncBuffer
 	srv.Stderr = &logs
 	stdout, err := srv.StdoutPipe()
@@ -125,6 +127,47 @@ func TestServeFds(t *testing.T) {
 			}
 		})
 	}
+	t.Run("metrics follow a TAP while its client holds it", func(t *testing.T) {
+		argv := asUser(allowed, client, "-socket", sock, "-name", "vm%d", "-queues", "2", "-hold")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		defer stdin.Close()
+		var r clientResult
+		if err := json.NewDecoder(out).Decode(&r); err != nil || r.Error != "" {
+			t.Fatalf("client: %+v, %v", r, err)
+		}
+		s, err := metrics.FetchStats(t.Context(), "unix:"+msock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.TAPs) != 1 || s.TAPs[0].Name != r.Name || !s.TAPs[0].Link.Up {
+			t.Errorf("/stats while the client holds %s: got %+v, want that TAP, up", r.Name, s.TAPs)
+		}
+		scrape, err := metrics.Get(t.Context(), "unix:"+msock, "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `vmnet_tap_up{tap="` + r.Name + `"} 1`; !strings.Contains(string(scrape), want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, scrape)
+		}
+		testutil.PromtoolCheckMetrics(t, scrape)
+		stdin.Close()
+		cmd.Wait()
+		if s, err := metrics.FetchStats(t.Context(), "unix:"+msock); err != nil || len(s.TAPs) != 0 {
+			t.Errorf("/stats once the client closed its files: got %+v, %v; want no TAP", s.TAPs, err)
+		}
+	})
 	if out := testutil.Exec(t, ns, "ip", "-o", "link", "show", "type", "tun"); strings.TrimSpace(out) != "" {
 		t.Errorf("TAPs left after every client closed its files:\n%s", out)
 	}
@@ -140,6 +183,9 @@ func TestServeFds(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); err == nil {
 		t.Error("socket left behind after exit")
+	}
+	if _, err := os.Lstat(msock); err == nil {
+		t.Error("metrics socket left behind after exit")
 	}
 	if !strings.Contains(logs.String(), "granted") || !strings.Contains(logs.String(), "refused") {
 		t.Errorf("server log lacks granted and refused lines:\n%s", logs.String())

@@ -19,10 +19,13 @@ import (
 
 func runTap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		io.WriteString(stderr, usage)
+		io.WriteString(stderr, groupUsage("tap "))
 		return usagef("tap: want create, delete or show")
 	}
 	switch args[0] {
+	case "help", "-h", "--help":
+		io.WriteString(stdout, groupUsage("tap "))
+		return nil
 	case "create":
 		return tapCreate(ctx, args[1:], stdout, stderr)
 	case "delete":
@@ -30,7 +33,7 @@ func runTap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case "show":
 		return tapShow(args[1:], stdout, stderr)
 	default:
-		io.WriteString(stderr, usage)
+		io.WriteString(stderr, groupUsage("tap "))
 		return usagef("tap: unknown command %q (want create, delete or show)", args[0])
 	}
 }

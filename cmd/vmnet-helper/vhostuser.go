@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"syscall"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/vmnet-dev/vmnet/backend"
 	"github.com/vmnet-dev/vmnet/backend/tap"
 	"github.com/vmnet-dev/vmnet/ebpf"
+	"github.com/vmnet-dev/vmnet/metrics"
 	"github.com/vmnet-dev/vmnet/offload"
 	"github.com/vmnet-dev/vmnet/vhostuser"
 )
@@ -35,6 +35,7 @@ type vhostUserFlags struct {
 	busyPoll time.Duration
 	ioURing  bool
 	steering string
+	metrics  metricsFlag
 	log      logFlags
 }
 
@@ -64,6 +65,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
 	fs.BoolVar(&f.ioURing, "io-uring", true, "batch TAP reads and writes through io_uring where the kernel allows (false: one system call per frame)")
 	fs.StringVar(&f.steering, "steering", "auto", "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
+	f.metrics.register(fs)
 	f.log.register(fs)
 	logger, err := parseCommand(fs, args, stderr, &f.log)
 	if err != nil {
@@ -79,6 +81,9 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 		return nil, usagef("vhost-user: --busy-poll %v: want 0 to 1s", f.busyPoll)
 	}
 	if err := checkMTUFlag("vhost-user", f.mtu); err != nil {
+		return nil, err
+	}
+	if err := f.metrics.check("vhost-user"); err != nil {
 		return nil, err
 	}
 	if dir := filepath.Dir(f.socket); dir != "" {
@@ -140,8 +145,19 @@ func runVhostUser(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 	}
-	fmt.Fprintln(stdout, tp.Name())
 	srv := vhostuser.NewServer(dev.VhostUser(), vhostuser.Options{Logger: log})
+	// Listening before the TAP's name is printed: whoever reads it can
+	// scrape at once.
+	ms, err := c.metrics.listen()
+	if err != nil {
+		return err
+	}
+	col := metrics.NewCollector()
+	col.AddDevice(dev)
+	col.AddServer(srv, tp.Name())
+	ms.serve(col, log)
+	defer ms.stop()
+	fmt.Fprintln(stdout, tp.Name())
 
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
@@ -185,11 +201,5 @@ func printStats(w io.Writer, tapName string, dev *backend.Device, srv *vhostuser
 	for i := 0; i < dev.Pairs(); i++ {
 		fmt.Fprintf(w, "vmnet-helper: tap %s queue %d: %s\n", tapName, i, dev.Counters(i).Snapshot())
 	}
-	st := srv.Stats()
-	reqs := make([]string, 0, len(st.Messages))
-	for r, n := range st.Messages {
-		reqs = append(reqs, fmt.Sprintf("%v=%d", r, n))
-	}
-	sort.Strings(reqs)
-	fmt.Fprintf(w, "vmnet-helper: vhost-user sessions=%d rejected=%d unknown=%d messages: %v\n", st.Sessions, st.Rejected, st.Unknown, reqs)
+	fmt.Fprintf(w, "vmnet-helper: vhost-user %v\n", srv.Stats())
 }

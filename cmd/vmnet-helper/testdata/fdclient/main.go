@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -33,6 +34,7 @@ func main() {
 	queues := flag.Int("queues", 1, "queues")
 	bridge := flag.String("bridge", "", "bridge")
 	arpTo := flag.String("arp", "", "IPv4 address on the bridge to ARP for")
+	hold := flag.Bool("hold", false, "keep the TAP's files open until standard input closes")
 	flag.Parse()
 
 	r := result{UID: os.Getuid()}
@@ -54,7 +56,14 @@ func main() {
 				r.ARP = "ok"
 			}
 		}
-		tap.Close()
+		if *hold {
+			defer tap.Close()
+		} else {
+			tap.Close()
+		}
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
+	if *hold {
+		io.Copy(io.Discard, os.Stdin)
+	}
 }
