@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/vmnet-dev/vmnet/internal/droplog"
 	"github.com/vmnet-dev/vmnet/virtio"
 )
 
@@ -62,6 +63,12 @@ type session struct {
 	backendReq  *os.File
 	// limitLogged has the limits this connection went past that were logged.
 	limitLogged [numLimits]bool
+	// failedWarn and pendingWarn thin out the warnings a front-end can
+	// have logged with every message it sends (a request that fails, a
+	// ring that a memory change leaves stopped): the first time, then at
+	// most once a minute with the count, for the connection's life.
+	// Stats.Rejected counts every failed request.
+	failedWarn, pendingWarn droplog.Warner
 }
 
 // replyKind is what a request is answered with when it succeeds, and decides how a failure
@@ -177,7 +184,9 @@ func (s *session) handle(m *message) error {
 	case errors.Is(herr, ErrLimit):
 		s.limited(herr)
 	default:
-		s.log.Warn("request failed", "request", req, "error", herr)
+		if n, ok := s.failedWarn.Next(); ok {
+			s.log.Warn("request failed", "request", req, "error", herr, "times", n)
+		}
 	}
 	if fr := failureReply(req); fr != nil {
 		return s.reply(req, fr)
@@ -410,7 +419,9 @@ func (s *session) start(i int, pending bool) error {
 	q, err := s.queueSetup(i)
 	if err != nil {
 		if pending {
-			s.log.Warn("ring stays stopped until guest memory holds it", "queue", i, "error", err)
+			if n, ok := s.pendingWarn.Next(); ok {
+				s.log.Warn("ring stays stopped until guest memory holds it", "queue", i, "error", err, "times", n)
+			}
 			return nil
 		}
 		return fmt.Errorf("set up ring %d: %w", i, err)
