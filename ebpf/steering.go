@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -29,7 +31,32 @@ const (
 	SteeringHash Steering = "hash"
 )
 
-// ParseSteering reads a --steering value: auto, kernel (or none) or hash.
+// queuePrefix starts a SteeringQueue value.
+const queuePrefix = "queue:"
+
+// SteeringQueue is the steering that sends every frame to queue q, for
+// debugging: "queue:q". The queue is the TAP's q-th attached queue (tun.c
+// takes a program's answer modulo the attached queues), which is queue
+// pair q on a TAP whose queues are attached in order, as a device keeps
+// them.
+func SteeringQueue(q int) Steering { return Steering(queuePrefix + strconv.Itoa(q)) }
+
+// Queue returns the queue of a SteeringQueue value; ok is false for any
+// other steering.
+func (s Steering) Queue() (q int, ok bool) {
+	rest, found := strings.CutPrefix(string(s), queuePrefix)
+	if !found {
+		return 0, false
+	}
+	q, err := strconv.Atoi(rest)
+	if err != nil || q < 0 || q > 0xffff || strconv.Itoa(q) != rest {
+		return 0, false
+	}
+	return q, true
+}
+
+// ParseSteering reads a --steering value: auto, kernel (or none), hash or
+// queue:N.
 func ParseSteering(s string) (Steering, error) {
 	switch s {
 	case "auto":
@@ -39,7 +66,10 @@ func ParseSteering(s string) (Steering, error) {
 	case "hash":
 		return SteeringHash, nil
 	}
-	return "", fmt.Errorf("steering %q: want auto, kernel or hash", s)
+	if _, ok := Steering(s).Queue(); ok {
+		return Steering(s), nil
+	}
+	return "", fmt.Errorf("steering %q: want auto, kernel, hash or queue:N (N from 0 to 65535)", s)
 }
 
 // Program is a loaded steering program. Its file descriptor is what

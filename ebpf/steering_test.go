@@ -137,15 +137,22 @@ func TestFlowHashSpreads(t *testing.T) {
 }
 
 func TestParseSteering(t *testing.T) {
-	for in, want := range map[string]Steering{"auto": SteeringAuto, "kernel": SteeringKernel, "none": SteeringKernel, "hash": SteeringHash} {
+	for in, want := range map[string]Steering{"auto": SteeringAuto, "kernel": SteeringKernel, "none": SteeringKernel, "hash": SteeringHash,
+		"queue:0": SteeringQueue(0), "queue:3": SteeringQueue(3), "queue:65535": SteeringQueue(65535)} {
 		if got, err := ParseSteering(in); err != nil || got != want {
 			t.Errorf("ParseSteering(%q): %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "rss", "Hash"} {
+	for _, in := range []string{"", "rss", "Hash", "queue:", "queue:-1", "queue:65536", "queue:01", "queue:+1", "queue:x"} {
 		if _, err := ParseSteering(in); err == nil {
 			t.Errorf("ParseSteering(%q): nil error", in)
 		}
+	}
+	if q, ok := SteeringQueue(7).Queue(); !ok || q != 7 {
+		t.Errorf("SteeringQueue(7).Queue() = %d, %v", q, ok)
+	}
+	if _, ok := SteeringHash.Queue(); ok {
+		t.Error("SteeringHash.Queue(): ok")
 	}
 }
 

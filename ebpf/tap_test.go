@@ -53,15 +53,22 @@ func newSteeringRig(t *testing.T) *steeringRig {
 
 // send sends one datagram of each flow (source port 40000+i) from the
 // namespace to the guest.
-func (r *steeringRig) send() {
+func (r *steeringRig) send() { r.sendN(flows, nil) }
+
+// sendN sends one datagram of each of n flows, with payload (or "steer
+// me" if nil).
+func (r *steeringRig) sendN(n int, payload []byte) {
 	r.t.Helper()
+	if payload == nil {
+		payload = []byte("steer me")
+	}
 	testutil.InNetNS(r.t, r.ns, func() error {
-		for i := range flows {
+		for i := range n {
 			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(hostIP), Port: 40000 + i}, &net.UDPAddr{IP: net.ParseIP(guestIP), Port: dstPort})
 			if err != nil {
 				return err
 			}
-			_, err = c.Write([]byte("steer me"))
+			_, err = c.Write(payload)
 			c.Close()
 			if err != nil {
 				return err
@@ -73,7 +80,10 @@ func (r *steeringRig) send() {
 
 // collect reads every queue until the flows' datagrams are in and returns,
 // for each flow, the queue its datagram arrived on and the frame.
-func (r *steeringRig) collect() (queue map[int]int, frames map[int][]byte) {
+func (r *steeringRig) collect() (queue map[int]int, frames map[int][]byte) { return r.collectN(flows) }
+
+// collectN is collect for n flows.
+func (r *steeringRig) collectN(flows int) (queue map[int]int, frames map[int][]byte) {
 	r.t.Helper()
 	queue, frames = map[int]int{}, map[int][]byte{}
 	buf := make([]byte, 65536)
