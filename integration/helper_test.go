@@ -72,7 +72,8 @@ func (h *helperProc) kill() {
 // stop sends SIGTERM and waits for a clean exit.
 func (h *helperProc) stop() error { return h.Stop() }
 
-// counters asks for the counters with SIGUSR1 and parses them.
+// counters reads the counters from the helper's /stats: it must run with
+// --metrics (metricsArgs).
 func (h *helperProc) counters(t *testing.T) harness.Stats {
 	t.Helper()
 	st, err := h.Stats()
@@ -80,4 +81,35 @@ func (h *helperProc) counters(t *testing.T) harness.Stats {
 		t.Fatalf("%v\nhelper stderr:\n%s", err, h.Stderr())
 	}
 	return st
+}
+
+// signalCounters asks for the counters with SIGUSR1 and parses what the
+// helper prints.
+func (h *helperProc) signalCounters(t *testing.T) harness.Stats {
+	t.Helper()
+	st, err := h.SignalStats()
+	if err != nil {
+		t.Fatalf("%v\nhelper stderr:\n%s", err, h.Stderr())
+	}
+	return st
+}
+
+// scrape reads the helper's /metrics.
+func (h *helperProc) scrape(t *testing.T) ([]byte, harness.Scrape) {
+	t.Helper()
+	b, err := h.Scrape()
+	if err != nil {
+		t.Fatalf("%v\nhelper stderr:\n%s", err, h.Stderr())
+	}
+	s, err := harness.ParseScrape(b)
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, harness.Tail(string(b), 3000))
+	}
+	return b, s
+}
+
+// metricsArgs are the flags that make a helper serve its counters on a
+// unix socket in dir, where counters and scrape read them.
+func metricsArgs(dir string) []string {
+	return []string{"--metrics", "unix:" + filepath.Join(dir, "metrics.sock")}
 }

@@ -70,8 +70,8 @@ func startVhostUserGuest(t *testing.T, o guestOptions) *vhostUserGuest {
 	if o.persist {
 		tap = "vu0"
 	}
-	g.helperArgs = []string{"vhost-user", "--socket", nic.Socket, "--netns", g.ns, "--tap", tap,
-		"--queues", strconv.Itoa(queues), "--log-level", "debug"}
+	g.helperArgs = append([]string{"vhost-user", "--socket", nic.Socket, "--netns", g.ns, "--tap", tap,
+		"--queues", strconv.Itoa(queues), "--log-level", "debug"}, metricsArgs(filepath.Dir(nic.Socket))...)
 	if o.persist {
 		g.helperArgs = append(g.helperArgs, "--persist")
 	}
@@ -226,6 +226,10 @@ func TestVhostUserMultiQueue(t *testing.T) {
 		g.checkNoDrops(t, g.helper.counters(t))
 	})
 
+	t.Run("metrics move with the traffic and agree with the TAP", func(t *testing.T) {
+		g.checkMetrics(t, 2)
+	})
+
 	// Linux's virtio_net starts with as many queue pairs as it has vCPUs
 	// (2 here): first go down to one and check that pair 1 goes quiet,
 	// then back up to two. QEMU serves the control queue and tells the
@@ -373,6 +377,22 @@ func TestVhostUserReconnect(t *testing.T) {
 		st := g.helper.counters(t)
 		if st.Queues[0][engine.TXPackets] == 0 || st.Queues[0][engine.RXPackets] == 0 {
 			t.Errorf("counters after pings: %s", st.Queues[0].Brief())
+		}
+	})
+	// SIGUSR1 still prints the counters, from the same tables as /stats:
+	// read after the printout, /stats has counted as much or more.
+	t.Run("SIGUSR1 prints what /stats serves", func(t *testing.T) {
+		sig := g.helper.signalCounters(t)
+		js := g.helper.counters(t)
+		if sig.TAP != js.TAP || len(sig.Queues) != len(js.Queues) || sig.Sessions != js.Sessions || sig.Unknown != js.Unknown {
+			t.Errorf("SIGUSR1:\n%s\n/stats:\n%s\nwant the same TAP, queue pairs and sessions", sig.Text, js.Text)
+		}
+		for q := range sig.Queues {
+			for k, v := range sig.Queues[q] {
+				if js.Queues[q][k] < v {
+					t.Errorf("queue pair %d %s: SIGUSR1 printed %d, /stats read later %d", q, engine.Counter(k), v, js.Queues[q][k])
+				}
+			}
 		}
 	})
 	// restart starts a new helper on the same socket and TAP, and waits

@@ -130,9 +130,11 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 	})
 
 	sock := filepath.Join(dir, "vhost-user.sock")
-	step("starting vmnet-helper vhost-user --socket %s --netns %s --queues %d --steering %s", sock, r.ns, o.queues, o.steering)
+	msock := filepath.Join(dir, "metrics.sock")
+	step("starting vmnet-helper vhost-user --socket %s --netns %s --queues %d --steering %s --metrics unix:%s",
+		sock, r.ns, o.queues, o.steering, msock)
 	h, err = harness.StartHelper(ctx, helperBin, "vhost-user", "--socket", sock, "--netns", r.ns,
-		"--queues", strconv.Itoa(o.queues), "--tap", "vmnet%d", "--steering", o.steering)
+		"--queues", strconv.Itoa(o.queues), "--tap", "vmnet%d", "--steering", o.steering, "--metrics", "unix:"+msock)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 // Package harness is the host side of vmnet's end-to-end runs, shared by
 // the integration tests and the demo (cmd in integration/demo): it runs
-// vmnet-helper as a child process and reads its counters, runs iperf3
+// vmnet-helper as a child process and reads its counters (as JSON from the
+// /stats of its --metrics, or as the text SIGUSR1 prints) and its
+// /metrics, runs iperf3
 // servers and other commands in a network namespace, builds QEMU's
 // vhost-user options, and parses what the helper, ping, iperf3, ethtool
 // and DPDK's testpmd print.

@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +12,16 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vmnet-dev/vmnet/metrics"
 )
 
 // Helper is a running vmnet-helper.
 type Helper struct {
 	// TAP is the first line the helper printed: the name of its TAP.
 	TAP string
+	// Metrics is the address of its --metrics, "" without.
+	Metrics string
 
 	cmd    *exec.Cmd
 	stderr lockedBuffer
@@ -28,7 +33,7 @@ type Helper struct {
 // ctx ends, for the TAP name it prints first. The helper is killed if this
 // process dies.
 func StartHelper(ctx context.Context, bin string, args ...string) (*Helper, error) {
-	h := &Helper{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	h := &Helper{cmd: exec.Command(bin, args...), done: make(chan struct{}), Metrics: metricsFlag(args)}
 	h.cmd.Stderr = &h.stderr
 	// A test binary or demo that dies takes its helper along.
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -104,9 +109,51 @@ func (h *Helper) Kill() {
 	<-h.done
 }
 
-// Stats asks the helper for its counters with SIGUSR1 and parses what it
-// prints.
+// metricsFlag is the value of --metrics in a command line.
+func metricsFlag(args []string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--metrics="); ok {
+			return v
+		}
+		if a == "--metrics" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// Stats reads the helper's counters as JSON from its /stats: the helper
+// must have been started with --metrics.
 func (h *Helper) Stats() (Stats, error) {
+	if h.Metrics == "" {
+		return Stats{}, errors.New("read vmnet-helper's counters: started without --metrics")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := metrics.Get(ctx, h.Metrics, "/stats")
+	if err != nil {
+		return Stats{}, fmt.Errorf("read vmnet-helper's counters: %w", err)
+	}
+	var s metrics.Snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Stats{}, fmt.Errorf("read vmnet-helper's counters: %w:\n%s", err, Tail(string(b), 2000))
+	}
+	return StatsOf(s, string(b))
+}
+
+// Scrape returns the helper's /metrics, in the text exposition format.
+func (h *Helper) Scrape() ([]byte, error) {
+	if h.Metrics == "" {
+		return nil, errors.New("scrape vmnet-helper: started without --metrics")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return metrics.Get(ctx, h.Metrics, "/metrics")
+}
+
+// SignalStats asks the helper for its counters with SIGUSR1 and parses
+// what it prints.
+func (h *Helper) SignalStats() (Stats, error) {
 	before := h.stderr.Len()
 	if err := h.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 		return Stats{}, fmt.Errorf("ask vmnet-helper for counters: %w", err)

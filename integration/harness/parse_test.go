@@ -1,10 +1,13 @@
 package harness
 
 import (
+	"encoding/json"
 	"reflect"
 	"testing"
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
+	"github.com/vmnet-dev/vmnet/metrics"
+	"github.com/vmnet-dev/vmnet/vhostuser"
 )
 
 func TestParseStats(t *testing.T) {
@@ -48,6 +51,12 @@ vmnet-helper: vhost-user sessions=2 rejected=1 unknown=3 messages: [ADD_MEM_REG=
 	}
 	if got := st.MessageList(); got != "ADD_MEM_REG=2 GET_FEATURES=4" {
 		t.Errorf("MessageList: got %q", got)
+	}
+	// Refusals by limit come after the messages when there are any.
+	withLimits := "vmnet-helper: tap vu0 queue 0: tx_packets=1 rx_packets=0\n" +
+		"vmnet-helper: vhost-user sessions=1 rejected=2 unknown=0 messages: [GET_FEATURES=1] limited: [mem_slots=2]\n"
+	if st, err := ParseStats(withLimits); err != nil || st.Rejected != 2 || st.MessageList() != "GET_FEATURES=1" {
+		t.Errorf("ParseStats(%q): got %+v, %v", withLimits, st, err)
 	}
 	for _, bad := range []string{"", "vmnet-helper: vhost-user sessions=1 rejected=0 unknown=0 messages: []\n",
 		"vmnet-helper: tap vu0 queue 1: tx_packets=1\nvmnet-helper: vhost-user sessions=1 rejected=0 unknown=0 messages: []\n"} {
@@ -150,5 +159,72 @@ func TestVhostUserNICArgs(t *testing.T) {
 		if got := c.nic.Args(); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%+v: got %q, want %q", c.nic, got, c.want)
 		}
+	}
+}
+
+// StatsOf reads what a helper serves on /stats.
+func TestStatsOf(t *testing.T) {
+	var q0 engine.Snapshot
+	q0[engine.TXPackets], q0[engine.MemoryFaults] = 5, 1
+	s := metrics.Snapshot{
+		Devices:   []metrics.DeviceStats{{TAP: "vu0", Queues: []engine.Snapshot{q0, {}}}},
+		VhostUser: []metrics.ServerStats{{TAP: "vu0", Stats: vhostuser.Stats{Sessions: 2, Unknown: 1, Messages: map[vhostuser.Request]uint64{vhostuser.ReqGetFeatures: 3}}}},
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back metrics.Snapshot
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	st, err := StatsOf(back, string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TAP != "vu0" || len(st.Queues) != 2 || st.Queues[0][engine.TXPackets] != 5 || st.Sessions != 2 || st.Unknown != 1 ||
+		st.MessageList() != "GET_FEATURES=3" || st.Text != string(b) {
+		t.Errorf("StatsOf: got %+v", st)
+	}
+	if n, which := st.Queues[0].Drops(); n != 1 || which != "memory_faults=1" {
+		t.Errorf("Drops: got %d %q", n, which)
+	}
+	if _, err := StatsOf(metrics.Snapshot{}, "{}"); err == nil {
+		t.Error("StatsOf of no device: got no error")
+	}
+}
+
+func TestParseScrape(t *testing.T) {
+	in := `# HELP vmnet_queue_tx_packets_total frames written to the TAP
+# TYPE vmnet_queue_tx_packets_total counter
+vmnet_queue_tx_packets_total{queue="0",tap="vu0"} 10
+vmnet_queue_tx_packets_total{queue="1",tap="vu0"} 5
+# TYPE vmnet_tap_up gauge
+vmnet_tap_up{tap="vu0"} 1
+# TYPE go_goroutines gauge
+go_goroutines 12
+`
+	s, err := ParseScrape([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := s.Sum("vmnet_queue_tx_packets_total", "tap", "vu0"); !ok || v != 15 {
+		t.Errorf("Sum of tx_packets: got %v, %v; want 15", v, ok)
+	}
+	if v, ok := s.Sum("vmnet_queue_tx_packets_total", "tap", "vu0", "queue", "1"); !ok || v != 5 {
+		t.Errorf("Sum of queue 1's tx_packets: got %v, %v; want 5", v, ok)
+	}
+	if _, ok := s.Sum("vmnet_tap_up", "tap", "vu1"); ok {
+		t.Error("Sum of another TAP's series: found one")
+	}
+	if v, _ := s.Sum("go_goroutines"); v != 12 {
+		t.Errorf("go_goroutines: got %v", v)
+	}
+	want := []string{`vmnet_queue_tx_packets_total{queue=0,tap=vu0}`, `vmnet_queue_tx_packets_total{queue=1,tap=vu0}`, `vmnet_tap_up{tap=vu0}`}
+	if got := s.SeriesNames(); !reflect.DeepEqual(got, want) {
+		t.Errorf("SeriesNames: got %v, want %v", got, want)
+	}
+	if _, err := ParseScrape([]byte("vmnet_x{ 1\n")); err == nil {
+		t.Error("ParseScrape of a broken line: got no error")
 	}
 }

@@ -7,10 +7,11 @@ import (
 	"strings"
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
+	"github.com/vmnet-dev/vmnet/metrics"
 )
 
 // The lines vmnet-helper prints on SIGUSR1 and on exit (cmd/vmnet-helper
-// printStats):
+// printStats), which ParseStats reads; Helper.Stats reads /stats instead:
 //
 //	vmnet-helper: tap vu0 queue 0: tx_packets=13 tx_bytes=1146 rx_packets=10 ...
 //	vmnet-helper: vhost-user sessions=1 rejected=0 unknown=0 messages: [ADD_MEM_REG=1 ...]
@@ -49,9 +50,10 @@ func (c Counters) Drops() (uint64, string) {
 // String prints c as the helper does.
 func (c Counters) String() string { return engine.Snapshot(c).String() }
 
-// Stats is one printout of the helper's counters.
+// Stats is one reading of the helper's counters: its /stats (Helper.Stats)
+// or a SIGUSR1 printout (Helper.SignalStats).
 type Stats struct {
-	// Text is the printout itself, as the helper wrote it.
+	// Text is what the helper served or printed.
 	Text   string
 	TAP    string
 	Queues []Counters // by queue pair
@@ -60,6 +62,26 @@ type Stats struct {
 	Sessions, Rejected, Unknown uint64
 	// Messages counts the vhost-user requests received, by name.
 	Messages map[string]uint64
+	// Snapshot is all of /stats; the zero value for a printout.
+	Snapshot metrics.Snapshot
+}
+
+// StatsOf reads the first device and vhost-user server of a helper's
+// /stats: a helper serves one of each.
+func StatsOf(s metrics.Snapshot, text string) (Stats, error) {
+	if len(s.Devices) == 0 || len(s.VhostUser) == 0 {
+		return Stats{}, fmt.Errorf("helper counters: want a device and a vhost-user server in:\n%s", Tail(text, 2000))
+	}
+	d, srv := s.Devices[0], s.VhostUser[0].Stats
+	st := Stats{Text: text, TAP: d.TAP, Snapshot: s,
+		Sessions: srv.Sessions, Rejected: srv.Rejected, Unknown: srv.Unknown, Messages: map[string]uint64{}}
+	for _, q := range d.Queues {
+		st.Queues = append(st.Queues, Counters(q))
+	}
+	for r, n := range srv.Messages {
+		st.Messages[r.String()] = n
+	}
+	return st, nil
 }
 
 // Total adds counter k over all queue pairs.
@@ -128,6 +150,8 @@ func ParseStats(s string) (Stats, error) {
 	if !ok {
 		return Stats{}, fmt.Errorf("parse helper counters: line %q: no messages", line)
 	}
+	// Refusals by limit follow when there are any (vhostuser.Stats.String).
+	msgs, _, _ = strings.Cut(msgs, " limited: ")
 	sum, err := parseKV(summary)
 	if err != nil {
 		return Stats{}, fmt.Errorf("parse helper counters: %w", err)
