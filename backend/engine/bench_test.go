@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,15 +296,18 @@ type engineMode struct {
 	name   string
 	busy   time.Duration
 	noRing bool
+	// hash, when set, makes the guest ack HASH_REPORT (a 20-byte header)
+	// and is the queue pair's hash configuration (Config.Hash).
+	hash *atomic.Pointer[virtio.Hasher]
 }
 
 // config sets the mode in a queue pair's config.
-func (m engineMode) config(c *Config) { c.BusyPoll, c.NoIOURing = m.busy, m.noRing }
+func (m engineMode) config(c *Config) { c.BusyPoll, c.NoIOURing, c.Hash = m.busy, m.noRing, m.hash }
 
 var engineModes = []engineMode{
-	{"iouring", 0, false},
-	{"iouring+busypoll=50µs", 50 * time.Microsecond, false},
-	{"syscalls", 0, true},
+	{"iouring", 0, false, nil},
+	{"iouring+busypoll=50µs", 50 * time.Microsecond, false, nil},
+	{"syscalls", 0, true, nil},
 }
 
 func BenchmarkTAPTX(b *testing.B) {
@@ -464,10 +468,45 @@ func BenchmarkTAPRX(b *testing.B) {
 	}
 }
 
+// BenchmarkTAPRXHashReport is BenchmarkTAPRX's small-frame cases with
+// what VIRTIO_NET_F_HASH_REPORT costs: the 12-byte header, the 20-byte
+// header with no hash configured (the engine only zeroes the hash
+// fields), and with every hash type enabled (the engine computes each
+// frame's Toeplitz hash from the guest's buffer and writes it).
+func BenchmarkTAPRXHashReport(b *testing.B) {
+	bt := benchTAP(b)
+	none, all := new(atomic.Pointer[virtio.Hasher]), new(atomic.Pointer[virtio.Hasher])
+	h, err := virtio.NewHasher(make([]byte, virtio.RSSKeySize), virtio.HashAll)
+	if err != nil {
+		b.Fatal(err)
+	}
+	all.Store(h)
+	for _, c := range benchCases {
+		if c.gso {
+			continue
+		}
+		for _, m := range []engineMode{
+			{"iouring", 0, false, nil},
+			{"iouring+hdr20_no_hash", 0, false, none},
+			{"iouring+hash_report", 0, false, all},
+		} {
+			b.Run(c.name+"/"+m.name, func(b *testing.B) { benchRX(b, bt, c, m) })
+		}
+	}
+}
+
 func benchRX(b *testing.B, bt *rig, c benchCase, mode engineMode) {
 	b.StopTimer()
 	b.ReportAllocs()
 	features := virtio.FVersion1 | virtio.FEventIdx | virtio.NetFMrgRxbuf
+	if mode.hash != nil {
+		features |= virtio.NetFHashReport
+	}
+	// The TAP's vnet header is the guest's.
+	hdrLen := virtio.HdrLenFor(features)
+	if err := bt.dev.SetVnetHdrSize(hdrLen); err != nil {
+		b.Fatal(err)
+	}
 	var offloads offload.TunFlags
 	_, frame := benchFrame(c)
 	rxSlot, size := 2048, uint16(1024)
@@ -494,7 +533,7 @@ func benchRX(b *testing.B, bt *rig, c benchCase, mode engineMode) {
 	// frame bigger than one buffer into the buffers after it), one read(2)
 	// per frame with RawSyscall as the engine does, and polls when there
 	// is none.
-	want := virtio.HdrLenV1 + len(frame)
+	want := hdrLen + len(frame)
 	per := (want + rxSlot - 1) / rxSlot
 	var bufs [][]byte
 	for id := 0; id+per <= int(size); id += per {

@@ -100,6 +100,14 @@ type Config struct {
 	// and falls back to system calls by itself where it does not.
 	NoIOURing bool
 
+	// Hash, where the guest acked VIRTIO_NET_F_HASH_REPORT (HdrLen 20),
+	// holds the hash configuration the driver set (HASH_CONFIG or
+	// RSS_CONFIG); the caller swaps it whenever the driver changes it. The
+	// worker fills each received frame's hash_value and hash_report with
+	// what the Hasher it holds then computes (virtio 1.2 §5.1.6.4.4); nil,
+	// or no Hasher, reports VIRTIO_NET_HASH_REPORT_NONE.
+	Hash *atomic.Pointer[virtio.Hasher]
+
 	// Counters receives the statistics; nil makes the queue pair its own.
 	Counters *Counters
 

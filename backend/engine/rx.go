@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 
 	"golang.org/x/sys/unix"
@@ -318,7 +319,7 @@ func (r *rxState) deliver(n int) int {
 			left -= min(left, uint64(r.at(used).WriteLen))
 		}
 	}
-	r.finishHeader(first, hdrLen)
+	r.finishHeader(first, hdrLen, n)
 	if hdrLen >= virtio.HdrLenV1 {
 		if w := first.Writable[0]; len(w) >= virtio.HdrLenV1 {
 			virtio.PutNumBuffers(w, uint16(used), r.qp.cfg.Endian)
@@ -346,27 +347,60 @@ func (r *rxState) deliver(n int) int {
 	return used
 }
 
-// finishHeader clears what the kernel left unwritten in the header: tun
-// writes struct virtio_net_hdr (10 bytes) and skips the rest of its vnet
-// header size, so hash fields would hold stale guest bytes.
-func (r *rxState) finishHeader(c *virtio.Chain, hdrLen int) {
+// finishHeader completes the header of the n-byte read (header included)
+// at the start of chain c: tun writes struct virtio_net_hdr (10 bytes) and
+// skips the rest of its vnet header size, so the hash fields would hold
+// stale guest bytes; they get the frame's hash report, or zeros.
+func (r *rxState) finishHeader(c *virtio.Chain, hdrLen, n int) {
 	if r.noVnet {
 		// A frame the kernel completed: no flags, no GSO (virtio 1.2
 		// §5.1.6.4); deliver sets num_buffers.
 		var zero [virtio.HdrLenHash]byte
 		scatterPut(c.Writable, 0, zero[:hdrLen])
-		return
-	}
-	if hdrLen == virtio.HdrLenHash {
-		var zero [virtio.HdrLenHash - virtio.HdrLenV1]byte
-		scatterPut(c.Writable, virtio.HdrLenV1, zero[:])
-	}
-	if !r.guestCsum {
+	} else if !r.guestCsum {
 		// Without GUEST_CSUM the device must leave flags zero (virtio
 		// 1.2 §5.1.6.4.1); tun still sets DATA_VALID for checksums the
 		// stack verified.
 		scatterPut(c.Writable, 0, []byte{0})
 	}
+	if hdrLen == virtio.HdrLenHash {
+		// hash_value, hash_report, padding_reserved.
+		var tail [virtio.HdrLenHash - virtio.HdrLenV1]byte
+		if v, rep := r.hashOf(c, n); rep != virtio.HashReportNone {
+			binary.LittleEndian.PutUint32(tail[0:], v)
+			binary.LittleEndian.PutUint16(tail[4:], uint16(rep))
+		}
+		scatterPut(c.Writable, virtio.HdrLenV1, tail[:])
+	}
+}
+
+// hashPeek is how much of a frame whose headers span descriptors is
+// gathered for its hash: two VLAN tags, an IPv6 header, 160 bytes of
+// extension headers and a TCP header.
+const hashPeek = 256
+
+// hashOf is the hash report of the n-byte read (header included) at the
+// start of chain c, under the driver's hash configuration
+// (Config.Hash), computed from the frame in the guest's buffers. The
+// guest may rewrite them meanwhile: it then gets the hash of what it
+// wrote.
+func (r *rxState) hashOf(c *virtio.Chain, n int) (uint32, virtio.HashReport) {
+	if r.qp.cfg.Hash == nil {
+		return 0, virtio.HashReportNone
+	}
+	h := r.qp.cfg.Hash.Load()
+	if h == nil {
+		return 0, virtio.HashReportNone
+	}
+	const hdr = virtio.HdrLenHash
+	n = min(n, int(c.WriteLen)) // the frame's bytes in this chain
+	if w := c.Writable[0]; len(w) >= n || len(w) >= hdr+hashPeek {
+		return h.Hash(w[hdr:min(len(w), n)])
+	}
+	var buf [hashPeek]byte
+	k := min(n-hdr, hashPeek)
+	gatherFrom(buf[:k], c.Writable, hdr)
+	return h.Hash(buf[:k])
 }
 
 // markGone stops reading a TAP file that will never read again: the
