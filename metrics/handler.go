@@ -37,7 +37,7 @@ func Handler(g prometheus.Gatherer, c *Collector) http.Handler {
 func SplitAddr(addr string) (network, address string, err error) {
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		if path == "" {
-			return "", "", fmt.Errorf("metrics address %q: no socket path after unix:", addr)
+			return "", "", fmt.Errorf("metrics address %q: unix: without a socket path", addr)
 		}
 		return "unix", path, nil
 	}

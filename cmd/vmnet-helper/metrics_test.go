@@ -22,7 +22,7 @@ func TestMetricsBadArguments(t *testing.T) {
 		want string
 	}{
 		{"vhost-user no port", []string{"vhost-user", "--socket", sock, "--metrics", "localhost"}, "--metrics"},
-		{"vhost-user empty unix", []string{"vhost-user", "--socket", sock, "--metrics", "unix:"}, "no socket path"},
+		{"vhost-user empty unix", []string{"vhost-user", "--socket", sock, "--metrics", "unix:"}, "without a socket path"},
 		{"serve-fds", []string{"serve-fds", "--socket", sock, "--metrics", "9464"}, "--metrics"},
 		{"stats alone", []string{"stats"}, "--socket PATH or --metrics ADDR is required"},
 		{"stats both", []string{"stats", "--socket", sock, "--metrics", "127.0.0.1:1"}, "both given"},
