@@ -350,12 +350,13 @@ func (s *session) setFeatures(v uint64) error {
 	s.features, s.featuresSet = v, true
 	if v&FProtocolFeatures == 0 {
 		// vhost-user.rst "Ring states": without protocol features every ring is enabled.
+		// One that cannot start does not keep the others from starting.
+		var errs []error
 		for i := range s.rings {
 			s.rings[i].enabled = true
-			if err := s.maybeStart(i); err != nil {
-				return err
-			}
+			errs = append(errs, s.maybeStart(i))
 		}
+		return errors.Join(errs...)
 	}
 	return nil
 }
@@ -665,7 +666,9 @@ func (s *session) remMemReg(r MemoryRegion) error {
 // swapMemory switches to the memory of maps, of which added are new and removed are
 // dropped from the current table. Running rings are stopped first, so that nothing uses
 // removed when it is unmapped, and started again over the new memory. If the switch cannot
-// happen, added are unmapped and nothing changes.
+// happen, added are unmapped and nothing changes. Once it has happened, every ring that can
+// start starts: one that cannot (its kick refused, say) stays stopped, and its error is
+// returned, without keeping the rings after it stopped.
 func (s *session) swapMemory(maps, added, removed []*mapping) error {
 	mem, err := newMemory(maps)
 	for i := 0; err == nil && i < len(s.rings); i++ {
@@ -677,12 +680,11 @@ func (s *session) swapMemory(maps, added, removed []*mapping) error {
 	}
 	s.maps, s.mem = maps, mem
 	s.retire(removed)
+	var errs []error
 	for i := range s.rings {
-		if err := s.start(i, true); err != nil {
-			return err
-		}
+		errs = append(errs, s.start(i, true))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // retire unmaps mappings no ring uses any more.
