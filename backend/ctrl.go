@@ -319,14 +319,24 @@ func (d *Device) ctrlCommand(b []byte) error {
 		d.config.Status &^= virtio.Announce
 		return nil
 	case virtio.CtrlMQ:
-		if cmd.Command == virtio.CtrlMQVQPairsSet {
+		switch cmd.Command {
+		case virtio.CtrlMQVQPairsSet:
+			// Multiqueue enabled by VQ_PAIRS_SET steers automatically
+			// (virtio 1.2 §5.1.6.5.6), whatever RSS_CONFIG said before.
+			if err := d.autoSteering(); err != nil {
+				return err
+			}
 			return d.setPairs(int(cmd.Pairs))
+		case virtio.CtrlMQRSSConfig:
+			return d.setRSS(&cmd.RSS)
+		case virtio.CtrlMQHashConfig:
+			return d.setHashConfig(&cmd.Hash)
 		}
 	case virtio.CtrlGuestOffloads:
 		return d.setGuestOffloads(uint64(cmd.Offloads))
 	}
-	// ParseCtrl passes only commands of negotiated features, and RSS,
-	// HASH_REPORT and CTRL_VLAN are never offered.
+	// ParseCtrl passes only commands of negotiated features, and CTRL_VLAN
+	// is never offered.
 	return fmt.Errorf("control %s: not served by this device", cmd.Name())
 }
 

@@ -49,7 +49,8 @@ type Options struct {
 	// queue pair, and falls back to the kernel's own steering, with one
 	// log line, where the program cannot be loaded (no CAP_BPF);
 	// ebpf.SteeringHash fails New instead; ebpf.SteeringKernel detaches
-	// any program. See SetSteering.
+	// any program; ebpf.SteeringQueue(n) sends every frame to pair n. See
+	// SetSteering.
 	Steering ebpf.Steering
 
 	// BusyPoll is each queue pair's busy-poll window (engine.Config).
@@ -62,9 +63,11 @@ type Options struct {
 
 	// ControlQueue makes the device serve its control virtqueue itself, as
 	// an embedding VMM needs: it then offers CTRL_VQ, CTRL_RX,
-	// CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS and GUEST_ANNOUNCE, uses only the
-	// first queue pair until the driver asks for more (VQ_PAIRS_SET), and
-	// applies GUEST_OFFLOADS_SET to the TAP. The zero value leaves the
+	// CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS, GUEST_ANNOUNCE and HASH_REPORT,
+	// and RSS where the hash program steers and the RSS program loads
+	// (see Device.RSS), uses only the first queue pair until the driver
+	// asks for more (VQ_PAIRS_SET, RSS_CONFIG), and applies
+	// GUEST_OFFLOADS_SET to the TAP. The zero value leaves the
 	// control queue to the transport, as vhost-user front-ends (QEMU,
 	// cloud-hypervisor, DPDK's virtio-user) serve it themselves; VhostUser
 	// never offers it.
@@ -113,6 +116,7 @@ type Device struct {
 	active  int        // queue pairs the driver uses: TAP queues attached while their rings run
 	ctrl    *ctrlQueue // the control queue's server, while it runs
 	rxMode  RXMode
+	rss     rssState // RSS steering and hash reports (rss.go)
 	closed  bool
 }
 
@@ -222,6 +226,7 @@ func New(opts Options) (*Device, error) {
 		return nil, fmt.Errorf("new net device: %w", err)
 	}
 	d.stopWatch = cancel
+	d.initRSS()
 	return d, nil
 }
 
@@ -273,6 +278,7 @@ func (d *Device) Close() {
 	}
 	d.stopWatch()
 	d.closeConfigIRQ()
+	d.closeRSS()
 }
 
 // Features are the features the device offers (device_features).
@@ -527,5 +533,6 @@ func (d *Device) Reset() []QueueState {
 	copy(d.config.MAC[:], d.opts.MAC)
 	d.config.Status &^= virtio.Announce
 	d.rxMode = RXMode{}
+	d.resetRSS()
 	return states
 }

@@ -289,6 +289,7 @@ func (d *Device) startPair(i int) error {
 		MTU:       d.opts.MTU,
 		BusyPoll:  d.opts.BusyPoll,
 		NoIOURing: d.opts.NoIOURing,
+		Hash:      &d.rss.hasher,
 		// USO frames the kernel cannot take (before Linux 6.2) are
 		// segmented in software, as Offer promised.
 		NoUSO:    !d.txCaps.USO,
@@ -301,9 +302,12 @@ func (d *Device) startPair(i int) error {
 	if err := d.opts.TAP.EnableQueue(i); err != nil {
 		return fmt.Errorf("start queue pair %d: %w", i, err)
 	}
+	d.tunAttached(i)
 	if err := qp.Start(); err != nil {
 		if derr := d.opts.TAP.DisableQueue(i); derr != nil {
 			d.log.Warn("detach TAP queue after a failed start", "queue", i, "error", derr)
+		} else {
+			d.tunDetached(i)
 		}
 		return fmt.Errorf("start queue pair %d: %w", i, err)
 	}
@@ -380,6 +384,8 @@ func (d *Device) stopPair(i int) error {
 	p.run = nil
 	if err := d.opts.TAP.DisableQueue(i); err != nil {
 		errs = append(errs, err)
+	} else {
+		d.tunDetached(i)
 	}
 	d.log.Debug("queue pair stopped", "queue", i)
 	return errors.Join(errs...)

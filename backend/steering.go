@@ -18,6 +18,8 @@ import (
 //   - ebpf.SteeringKernel detaches any program (also one a persistent TAP
 //     kept from an earlier user), leaving the choice to tun.c's flow table,
 //     which moves a flow to the queue the guest last sent it on;
+//   - ebpf.SteeringQueue(n) ("queue:n") attaches a program that sends
+//     every frame to the n-th attached queue, for debugging;
 //   - ebpf.SteeringAuto is hash on a TAP with several queues and kernel on
 //     one with a single queue, and falls back to kernel, with one warning
 //     on log, where the program cannot be loaded for lack of privileges
@@ -56,16 +58,28 @@ func attachSteering(t *tap.Device, mode ebpf.Steering) error {
 		return nil
 	case ebpf.SteeringHash:
 	default:
-		return fmt.Errorf("steering %q: want auto, kernel or hash", mode)
+		q, ok := mode.Queue()
+		if !ok {
+			return fmt.Errorf("steering %q: want auto, kernel, hash or queue:N", mode)
+		}
+		if q >= t.NumQueues() {
+			return fmt.Errorf("steering %s: the TAP has %d queues", mode, t.NumQueues())
+		}
 	}
-	p, err := ebpf.LoadHashProgram()
+	var p *ebpf.Program
+	var err error
+	if q, ok := mode.Queue(); ok {
+		p, err = ebpf.LoadQueueProgram(q)
+	} else {
+		p, err = ebpf.LoadHashProgram()
+	}
 	if err != nil {
-		return fmt.Errorf("steering hash: %w", err)
+		return fmt.Errorf("steering %s: %w", mode, err)
 	}
 	// The TAP holds its own reference once attached.
 	defer p.Close()
 	if err := t.SetSteeringEBPF(p.FD()); err != nil {
-		return fmt.Errorf("steering hash: %w", err)
+		return fmt.Errorf("steering %s: %w", mode, err)
 	}
 	return nil
 }

@@ -22,7 +22,9 @@ var _ vhostuser.Device = vhostUserAdapter{}
 var _ vhostuser.MTUSetter = vhostUserAdapter{}
 var _ vhostuser.Announcer = vhostUserAdapter{}
 
-func (b vhostUserAdapter) Features() virtio.Features { return b.d.Features() &^ ctrlFeatures }
+func (b vhostUserAdapter) Features() virtio.Features {
+	return b.d.Features() &^ (ctrlFeatures | rssFeatures)
+}
 
 func (b vhostUserAdapter) ProtocolFeatures() vhostuser.ProtocolFeatures {
 	return vhostuser.ProtocolMTU | vhostuser.ProtocolRARP
