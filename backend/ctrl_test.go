@@ -212,7 +212,7 @@ func TestControlQueue(t *testing.T) {
 		}
 		expect(t, "ALLUNI without CTRL_RX_EXTRA", cmdBytes(virtio.CtrlCommand{Class: virtio.CtrlRX, Command: virtio.CtrlRXAllUni, On: true}), virtio.CtrlErr)
 		expect(t, "VLAN ADD, never offered", cmdBytes(virtio.CtrlCommand{Class: virtio.CtrlVLAN, Command: virtio.CtrlVLANAdd, VLAN: 10}), virtio.CtrlErr)
-		expect(t, "RSS_CONFIG, never offered", []byte{byte(virtio.CtrlMQ), virtio.CtrlMQRSSConfig, 0, 0, 0, 0}, virtio.CtrlErr)
+		expect(t, "RSS_CONFIG, not acked", []byte{byte(virtio.CtrlMQ), virtio.CtrlMQRSSConfig, 0, 0, 0, 0}, virtio.CtrlErr)
 		expect(t, "unknown class", []byte{77, 0, 1}, virtio.CtrlErr)
 		expect(t, "PROMISC without its byte", []byte{byte(virtio.CtrlRX), virtio.CtrlRXPromisc}, virtio.CtrlErr)
 		expect(t, "pairs with a byte too many", append(pairs(2), 0), virtio.CtrlErr)

@@ -439,3 +439,23 @@ func TestRSSNotOfferedRefusesAck(t *testing.T) {
 		t.Errorf("SetFeatures with RSS not offered: %v, want NotOfferedError for RSS", err)
 	}
 }
+
+// queue:N attaches a program that sends every frame to one queue; a queue
+// the TAP does not have is refused.
+func TestSetSteeringQueue(t *testing.T) {
+	testutil.RequireTUN(t)
+	tp, err := tap.Create(tap.Options{NetNS: testutil.NetNS(t), Queues: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	if got, err := SetSteering(tp, ebpf.SteeringQueue(3), nil); err != nil || got != ebpf.SteeringQueue(3) {
+		t.Errorf("SetSteering queue:3: %s, %v", got, err)
+	}
+	if _, err := SetSteering(tp, ebpf.SteeringQueue(4), nil); err == nil || !strings.Contains(err.Error(), "4 queues") {
+		t.Errorf("SetSteering queue:4 on 4 queues: %v, want an error saying the TAP has 4 queues", err)
+	}
+	if _, err := SetSteering(tp, "rss", nil); err == nil {
+		t.Error("SetSteering rss: nil error")
+	}
+}
