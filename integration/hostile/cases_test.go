@@ -381,6 +381,47 @@ var memoryCases = []hostileCase{
 		a.probe("kept")
 		a.live = true
 	}},
+	{"memory/table replaced while one ring holds a kick it refused", func(a *attack) {
+		// Ring 1 is enabled with a kick that is no eventfd: its start was
+		// refused and it waits for another. A memory change restarts
+		// every ring but that one, and fails for that one.
+		s := a.prepared(sessionOptions{})
+		a.want("ring 1 with a regular file as kick", a.ringSteps(1, ringSize, s.mem.vringAddr(1), 0, a.regularFile(), s.files[1].call, nil), "ack 1")
+		for _, i := range []int{0, 2, 3} {
+			a.want(fmt.Sprintf("ring %d", i), a.ringSteps(i, ringSize, s.mem.vringAddr(i), 0, s.files[i].kick, s.files[i].call, nil), "ack 0")
+		}
+		a.ack("SET_MEM_TABLE", "ack 1", vu.ReqSetMemTable, s.mem.table(), s.mem.fd)
+		got := "frames pass"
+		if err := s.arp(3, 3*time.Second); err != nil {
+			got = err.Error()
+		}
+		a.want("ARP through pair 1", got, "frames pass")
+		a.ack("SET_VRING_KICK of ring 1", "ack 0", vu.ReqSetVringKick, vu.VringFile{Index: 1}, int(s.files[1].kick.Fd()))
+		a.frames(s)
+	}},
+	{"memory/frames read from the holes of a sparse memfd", func(a *attack) {
+		// The helper's reads of guest memory the front-end never wrote
+		// allocate its pages, charged to the helper.
+		s := a.open(sessionOptions{addMemReg: true})
+		fd := a.memfdOf(1 << 30)
+		a.ack("ADD_MEM_REG of 1 GiB, sparse", "ack 0", vu.ReqAddMemReg,
+			vu.MemRegionMsg{Region: vu.MemoryRegion{GuestAddr: farGuest, Size: 1 << 30, UserAddr: farUser}}, fd)
+		g := s.mem.vm.Queue(1)
+		hdr := g.Alloc(hdrLen)
+		sent := a.r.dev.Counters(0).Load(engine.TXPackets)
+		for i := range uint16(100) {
+			g.WriteDesc(2*i, virtiotest.Desc{Addr: hdr, Len: uint32(hdrLen), Flags: virtiotest.FlagNext, Next: 2*i + 1})
+			g.WriteDesc(2*i+1, virtiotest.Desc{Addr: farGuest + uint64(i)<<20, Len: 60000})
+			g.PublishHead(2 * i)
+		}
+		kick(s.files[1].kick)
+		a.waitCounter(0, engine.TXPackets, sent, 100, 5*time.Second)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			a.t.Fatal(err)
+		}
+		a.note("%d KiB of the memfd allocated by the helper", st.Blocks/2)
+	}},
 	{"memory/table replaced while rings run, a region hot-plugged", func(a *attack) {
 		s := a.open(sessionOptions{})
 		t := vu.MemoryTable{Regions: []vu.MemoryRegion{s.mem.region(), {GuestAddr: farGuest, Size: 64 << 10, UserAddr: farUser}}}

@@ -17,9 +17,10 @@ import (
 )
 
 // replyWait is how long the front-end waits for a reply the back-end owes
-// it, or for the connection to close; generous, for a loaded machine and
-// the race detector.
-const replyWait = 5 * time.Second
+// it, or for the connection to close: generous, for a loaded machine and
+// the race detector, under which a thousand ring restarts take seconds.
+// Only a case that fails waits this long.
+const replyWait = 30 * time.Second
 
 // frontEnd is one vhost-user connection, front-end side. Its methods
 // return errors instead of failing the test: an attack expects the
