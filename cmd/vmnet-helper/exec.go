@@ -61,7 +61,7 @@ func runExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&o.queues, "queues", 1, "queue pairs, one descriptor each (1 to 253)")
 	fs.StringVar(&o.bridge, "bridge", "", "bridge to attach the TAP to")
 	fs.StringVar(&o.netns, "netns", "", "network namespace for the TAP (refused when setuid)")
-	fs.StringVar((*string)(&o.steering), "steering", string(ebpf.SteeringKernel), "queue steering: kernel (tun's flow table) or hash (eBPF: a flow keeps its queue; needs CAP_BPF)")
+	fs.StringVar((*string)(&o.steering), "steering", string(ebpf.SteeringKernel), "queue steering: kernel (tun's flow table), hash (eBPF: a flow keeps its queue; needs CAP_BPF) or queue:N (every frame to queue N, for debugging)")
 	fs.StringVar(&o.offloads, "offloads", "none", "TUNSETOFFLOAD set before the hypervisor sets its own: none or csum,tso4,...")
 	fs.IntVar(&o.vnetHdr, "vnet-hdr", virtio.HdrLenV1, "virtio-net header size: "+hdrLens)
 	fs.StringVar(&o.mac, "mac", "", "guest MAC for {mac}; default a random locally administered one")
@@ -241,7 +241,7 @@ func (o *execOptions) validate() (offload.TunFlags, net.HardwareAddr, error) {
 			return 0, nil, usagef("exec: --netns: %v", err)
 		}
 	}
-	steering, err := parseSteering("exec", string(o.steering), false)
+	steering, err := parseSteering("exec", string(o.steering), false, o.queues)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -28,7 +28,7 @@ var commands = []command{
 	{name: "tap create", synopsis: []string{
 		"[--name vmnet%d] [--queues N] [--persist] [--owner UID] [--group GID]",
 		"[--mtu N] [--netns NAME] [--vnet-hdr 10|12|20] [--no-napi]",
-		"[--bridge BR] [--single-queue] [--steering kernel|hash]"}, about: []string{
+		"[--bridge BR] [--single-queue] [--steering kernel|hash|queue:N]"}, about: []string{
 		"create a multi-queue TAP device and print its name; without --persist",
 		"the device lives until vmnet-helper gets SIGINT or SIGTERM"}},
 	{name: "tap delete", synopsis: []string{"[--netns NAME] NAME"}, about: []string{
@@ -40,7 +40,7 @@ var commands = []command{
 	{name: "vhost-user", group: true, synopsis: []string{
 		"--socket PATH [--client] [--tap NAME|TEMPLATE] [--queues N] [--netns NAME]",
 		"[--persist] [--mac ADDR] [--mtu N] [--offloads auto|none|LIST] [--busy-poll DUR] [--io-uring=false]",
-		"[--steering auto|kernel|hash] [--metrics ADDR]"}, about: []string{
+		"[--steering auto|kernel|hash|queue:N] [--metrics ADDR]"}, about: []string{
 		"serve a vhost-user-net device backed by a multi-queue TAP until SIGINT or",
 		"SIGTERM; prints the TAP's name; SIGUSR1 prints per-queue counters to stderr;",
 		"--metrics serves them to Prometheus on /metrics and as JSON on /stats at",
@@ -56,7 +56,7 @@ var commands = []command{
 		"it, send its descriptor on fd N, exit"}},
 	{name: "exec", synopsis: []string{
 		"[--tap NAME|TEMPLATE] [--queues N] [--bridge BR] [--netns NAME] [--mac ADDR]",
-		"[--mtu N] [--vnet-hdr 10|12|20] [--offloads none|LIST] [--steering kernel|hash]",
+		"[--mtu N] [--vnet-hdr 10|12|20] [--offloads none|LIST] [--steering kernel|hash|queue:N]",
 		"[--persist] [--user USER] -- COMMAND ARGS..."}, about: []string{
 		"make a multi-queue TAP, run COMMAND with its queues at descriptors 3,",
 		"4, ... and no privileges, wait for it; COMMAND's arguments may use",

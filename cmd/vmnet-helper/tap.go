@@ -49,7 +49,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		persist = fs.Bool("persist", false, "keep the device after vmnet-helper exits")
 		single  = fs.Bool("single-queue", false, "make a TAP without IFF_MULTI_QUEUE, for hypervisors that open it by name (Firecracker)")
 		bridge  = fs.String("bridge", "", "attach the TAP to this bridge (its MTU unless --mtu)")
-		steer   = fs.String("steering", "kernel", "queue steering: kernel (tun's flow table) or hash (eBPF, stays with a persistent TAP; needs CAP_BPF)")
+		steer   = fs.String("steering", "kernel", "queue steering: kernel (tun's flow table), hash (eBPF, stays with a persistent TAP; needs CAP_BPF) or queue:N (every frame to queue N, for debugging)")
 	)
 	lf.register(fs)
 	fs.StringVar(&opts.Name, "name", tap.DefaultName, "interface name or template with one %d")
@@ -91,7 +91,7 @@ func tapCreate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return usagef("tap create: --bridge: %v", err)
 		}
 	}
-	steering, err := parseSteering("tap create", *steer, false)
+	steering, err := parseSteering("tap create", *steer, false, opts.Queues)
 	if err != nil {
 		return err
 	}

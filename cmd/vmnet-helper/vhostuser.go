@@ -64,7 +64,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	fs.StringVar(&f.offloads, "offloads", "auto", "offloads to offer: auto, none, or a list such as csum,tso4,tso6,guest_ufo")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "keep each queue pair polling this long after its last work (e.g. 50us)")
 	fs.BoolVar(&f.ioURing, "io-uring", true, "batch TAP reads and writes through io_uring where the kernel allows (false: one system call per frame)")
-	fs.StringVar(&f.steering, "steering", "auto", "queue steering: auto (hash with several queues), kernel (tun's flow table) or hash (eBPF: a flow keeps its queue)")
+	fs.StringVar(&f.steering, "steering", "auto", "queue steering: auto (hash with several queues), kernel (tun's flow table), hash (eBPF: a flow keeps its queue) or queue:N (every frame to queue N, for debugging)")
 	f.metrics.register(fs)
 	f.log.register(fs)
 	logger, err := parseCommand(fs, args, stderr, &f.log)
@@ -103,7 +103,7 @@ func parseVhostUser(args []string, stderr io.Writer) (*vhostUserConfig, error) {
 	if c.offer, err = offload.ParseOfferList(f.offloads); err != nil {
 		return nil, usagef("vhost-user: --offloads: %v", err)
 	}
-	if c.steer, err = parseSteering("vhost-user", f.steering, true); err != nil {
+	if c.steer, err = parseSteering("vhost-user", f.steering, true, f.queues); err != nil {
 		return nil, err
 	}
 	if f.netns != "" {

@@ -24,7 +24,7 @@ func TestVhostUserBadArguments(t *testing.T) {
 		{"tap name", []string{"vhost-user", "--socket", sock, "--tap", "a b"}, "--tap"},
 		{"multicast mac", []string{"vhost-user", "--socket", sock, "--mac", "01:00:5e:00:00:01"}, "--mac"},
 		{"offloads", []string{"vhost-user", "--socket", sock, "--offloads", "warp"}, "--offloads"},
-		{"steering", []string{"vhost-user", "--socket", sock, "--steering", "rss"}, "want auto, kernel or hash"},
+		{"steering", []string{"vhost-user", "--socket", sock, "--steering", "rss"}, "want auto, kernel, hash or queue:N"},
 		{"netns", []string{"vhost-user", "--socket", sock, "--netns", "no-such-netns-here"}, "--netns"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
