@@ -225,24 +225,33 @@ func TestProgramMatchesFlowHash(t *testing.T) {
 // thread alone, which clears its capabilities) and is thrown away after.
 func TestLoadWithoutPrivilegesIsTyped(t *testing.T) {
 	testutil.RequireRoot(t)
-	errc := make(chan error, 1)
+	errc := make(chan []error, 1)
 	go func() {
 		// Never unlocked: the thread dies with the goroutine.
 		runtime.LockOSThread()
 		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, 65534, 65534, 65534); e != 0 {
-			errc <- fmt.Errorf("setresuid: %w", e)
+			errc <- []error{fmt.Errorf("setresuid: %w", e)}
 			return
 		}
-		p, err := LoadHashProgram()
-		if err == nil {
-			p.Close()
-			err = errors.New("loaded as uid 65534")
+		var errs []error
+		for _, load := range []func() (interface{ Close() error }, error){
+			func() (interface{ Close() error }, error) { return LoadHashProgram() },
+			func() (interface{ Close() error }, error) { return LoadRSSProgram() },
+			func() (interface{ Close() error }, error) { return LoadQueueProgram(1) },
+		} {
+			p, err := load()
+			if err == nil {
+				p.Close()
+				err = errors.New("loaded as uid 65534")
+			}
+			errs = append(errs, err)
 		}
-		errc <- err
+		errc <- errs
 	}()
-	err := <-errc
-	if !errors.Is(err, ErrPermission) {
-		t.Errorf("load as uid 65534 without capabilities: %v, want ErrPermission", err)
+	for i, err := range <-errc {
+		if !errors.Is(err, ErrPermission) {
+			t.Errorf("load %d as uid 65534 without capabilities: %v, want ErrPermission", i, err)
+		}
 	}
 }
 
