@@ -19,7 +19,9 @@
 // split or packed rings, the event index, how many pairs, where the
 // control queue is. With Options.ControlQueue the device serves the
 // control queue too (VQ_PAIRS_SET, GUEST_OFFLOADS_SET, MAC, RX mode,
-// ANNOUNCE); the config space's link status follows the TAP's
+// ANNOUNCE, and RSS_CONFIG and HASH_CONFIG: the guest's RSS steers the TAP
+// through vmnet's RSS program, received frames report their hash); the
+// config space's link status follows the TAP's
 // administrative state, watched over netlink until Close; the TAP's
 // steering program is set by New (Options.Steering, SetSteering).
 // VhostUser adapts the same device to a vhost-user server, whose
@@ -31,7 +33,9 @@
 // keeps the eventfd files it passes (QueueConfig.Kick and Call,
 // Options.ConfigInterrupt): the device works on duplicates, which it
 // closes when the queue stops or the device closes. The device owns its
-// queue pairs, its control queue goroutine and its netlink watch. Guest
+// queue pairs, its control queue goroutine, its netlink watch and, where
+// it offers RSS, the RSS and flow-hash programs it switches the TAP
+// between. Guest
 // memory must stay mapped from Activate until Reset or Close returns.
 //
 // It never exits the process, logs per packet or touches memory outside
