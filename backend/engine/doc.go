@@ -3,7 +3,10 @@
 // queue file, without copying them (but for TX frames of at most copyBreak
 // bytes, and RX frames that spill out of a bounce batch: see
 // docs/architecture.md). The guest's vnet header passes through:
-// the TAP's vnet header size equals the guest's header size. Where the TAP
+// the TAP's vnet header size equals the guest's header size; the engine
+// writes only num_buffers and, in the 20-byte header of
+// VIRTIO_NET_F_HASH_REPORT, the frame's hash (Config.Hash), which tun
+// leaves unwritten. Where the TAP
 // cannot take an offload the guest was offered (a file without vnet
 // header, a kernel without USO), the engine completes checksums and
 // segments frames itself, into scratch it allocates once per queue pair.
