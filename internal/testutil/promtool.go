@@ -2,7 +2,9 @@ package testutil
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -12,13 +14,29 @@ import (
 // under CI.
 func PromtoolCheckMetrics(t testing.TB, scrape []byte) {
 	t.Helper()
+	promtool(t, scrape, "check", "metrics")
+}
+
+// PromtoolCheckRules runs `promtool check rules` on a rule file's
+// contents, as PromtoolCheckMetrics does.
+func PromtoolCheckRules(t testing.TB, rules []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "rules.yml")
+	if err := os.WriteFile(path, rules, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promtool(t, nil, "check", "rules", path)
+}
+
+func promtool(t testing.TB, stdin []byte, args ...string) {
+	t.Helper()
 	path, err := exec.LookPath("promtool")
 	if err != nil {
 		Skip(t, "no promtool (Debian package prometheus, .ci/install-deps): %v", err)
 	}
-	cmd := exec.Command(path, "check", "metrics")
-	cmd.Stdin = bytes.NewReader(scrape)
+	cmd := exec.Command(path, args...)
+	cmd.Stdin = bytes.NewReader(stdin)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("promtool check metrics: %v\n%s", err, out)
+		t.Errorf("promtool %v: %v\n%s", args, err, out)
 	}
 }
