@@ -87,12 +87,14 @@ func newRig(t *testing.T) *rig {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if _, err := os.Stat(r.path); err == nil {
+	// The socket file is there from bind(2) on, before listen(2): wait for
+	// the server's word.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if log, _ := r.log.since(0); strings.Contains(log, "listening") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("server not listening on %s after 5 s", r.path)
+			t.Fatalf("server not listening on %s after 10 s", r.path)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
