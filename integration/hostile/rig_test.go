@@ -290,7 +290,24 @@ func (r *rig) wellBehaved() error {
 			return fmt.Errorf("queue pair %d: %w", tx/2, err)
 		}
 	}
-	return nil
+	s.close()
+	return r.idle()
+}
+
+// idle waits until the server has torn down every connection it served:
+// what the process holds is then the helper's alone.
+func (r *rig) idle() error {
+	var served, ended int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		log, _ := r.log.since(0)
+		served = strings.Count(log, "front-end connected")
+		ended = strings.Count(log, "front-end disconnected") + strings.Count(log, "front-end connection closed")
+		if ended >= served {
+			return nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("server still serving after 10 s: %d connections served, %d ended", served, ended)
 }
 
 // counters reads both queue pairs' counters.
