@@ -216,7 +216,7 @@ func parseConfig(data []byte) (*config, error) {
 	st := ebpf.SteeringAuto
 	if n.Steering != "" {
 		if st, err = ebpf.ParseSteering(n.Steering); err != nil {
-			return nil, configError("steering", "%q: want auto, kernel or hash", n.Steering)
+			return nil, configError("steering", "%q: want auto, kernel, hash or queue:N", n.Steering)
 		}
 	}
 	if st == ebpf.SteeringHash && !c.multiQueue {
