@@ -18,7 +18,8 @@ import (
 )
 
 // Notifier interrupts the guest: an irqfd or vhost-user call eventfd
-// (*EventFD), or whatever an embedding VMM uses.
+// (*EventFD). The engine takes any implementation (its tests use one
+// that fails); backend.Device hands it eventfds.
 type Notifier interface {
 	Notify() error
 }
