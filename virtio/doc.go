@@ -14,6 +14,8 @@
 //   - the guest memory map (memory.go),
 //   - the device side of split and packed virtqueues (queue.go, split.go,
 //     packed.go),
+//   - the dirty page log of live migration, in vhost's layout, and where a
+//     queue logs what the device writes (dirtylog.go),
 //   - the spec's limits, for every other package to check against rather
 //     than restate: CheckMTU, CheckUnicastMAC, CheckHdrLen, CheckQueueSize
 //     and RingAreas.

@@ -45,6 +45,7 @@ type Region struct {
 type span struct {
 	first, last uint64
 	host        []byte
+	hostStart   uintptr // where host starts in this process, for GuestAddr
 }
 
 // linearScanMax is the region count up to which a linear scan beats binary
@@ -79,7 +80,7 @@ func NewMemory(regions []Region) (*Memory, error) {
 		if r.UserAddr != 0 && r.UserAddr > math.MaxUint64-(n-1) {
 			return nil, fmt.Errorf("add region at guest %#x: %w", r.GuestAddr, &AddressError{Addr: r.UserAddr, Len: n, User: true})
 		}
-		m.spans[i] = span{first: r.GuestAddr, last: r.GuestAddr + (n - 1), host: r.Host[:n:n]}
+		m.spans[i] = span{first: r.GuestAddr, last: r.GuestAddr + (n - 1), host: r.Host[:n:n], hostStart: hostAddr(r.Host)}
 		if i > 0 && m.spans[i-1].last >= r.GuestAddr {
 			return nil, fmt.Errorf("add region at guest [%#x, %#x]: overlaps region at guest [%#x, %#x]",
 				r.GuestAddr, m.spans[i].last, m.spans[i-1].first, m.spans[i-1].last)
@@ -200,6 +201,25 @@ func (m *Memory) UserToGuest(ua uint64) (uint64, error) {
 		}
 	}
 	return 0, &AddressError{Addr: ua, Len: 1, User: true}
+}
+
+// GuestAddr returns the guest physical address of b[0], where b is a
+// slice of a region's mapping (a buffer of a chain popped from a queue on
+// m); ok is false for an empty b or one outside every region. The device
+// logs its writes by it (Queue.MarkWritten). Regions are searched one by
+// one: a memory map has few.
+func (m *Memory) GuestAddr(b []byte) (gpa uint64, ok bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	p := hostAddr(b)
+	for i := range m.spans {
+		s := &m.spans[i]
+		if off := p - s.hostStart; p >= s.hostStart && off < uintptr(len(s.host)) {
+			return s.first + uint64(off), true
+		}
+	}
+	return 0, false
 }
 
 // region returns the host mapping of the region holding gpa and gpa's

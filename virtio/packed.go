@@ -58,6 +58,11 @@ type PackedQueue struct {
 	stagedLen uint32 // ring descriptors they cover
 	first     *uint32
 	firstVal  uint32 // id and flags of the first staged used descriptor
+	firstOff  uint64 // its offset in the descriptor ring
+
+	descAddr uint64    // guest physical address of the descriptor ring, for the log
+	log      *DirtyLog // SetDirtyLog; nil: no logging
+	usedLog  uint64    // where the device event suppression area is logged
 }
 
 // NewPackedQueue returns the device side of the packed virtqueue that cfg
@@ -81,7 +86,7 @@ func NewPackedQueue(mem *Memory, cfg PackedConfig) (*PackedQueue, error) {
 		mem: mem, size: cfg.Size, eventIdx: cfg.EventIdx,
 		availPos: cfg.NextAvail &^ PackedWrap, availWrap: cfg.NextAvail >> 15,
 		usedPos: cfg.NextUsed &^ PackedWrap, usedWrap: cfg.NextUsed >> 15,
-		devEvent: ^uint32(0),
+		devEvent: ^uint32(0), descAddr: cfg.DescAddr,
 	}
 	q.pubPos, q.pubWrap = q.usedPos, q.usedWrap
 	q.inflight = q.distance(q.usedPos, q.usedWrap, q.availPos, q.availWrap)
@@ -276,12 +281,16 @@ func (q *PackedQueue) Push(c *Chain, written uint32) error {
 	}
 	v := uint32(c.Head) | flags<<16
 	if q.stagedN == 0 {
-		q.first, q.firstVal = wordAt(q.desc, off+12), v
+		q.first, q.firstVal, q.firstOff = wordAt(q.desc, off+12), v, uint64(off)+12
 	} else {
 		// Ordered before the driver can look by the release store of the
 		// first descriptor's flags: the driver reads used descriptors in
 		// ring order (virtio 1.2 §2.8.22).
 		binary.LittleEndian.PutUint32(q.desc[off+12:], v)
+	}
+	if q.log != nil {
+		// len, and id and flags but for the first (logged by Flush).
+		q.log.Mark(q.descAddr+uint64(off)+8, 8)
 	}
 	q.stagedN++
 	q.stagedLen += uint32(c.descs)
@@ -298,6 +307,9 @@ func (q *PackedQueue) Flush() {
 		return
 	}
 	storeLE32(q.first, q.firstVal)
+	if q.log != nil {
+		q.log.Mark(q.descAddr+q.firstOff, 4)
+	}
 	q.since += q.stagedLen
 	q.stagedN, q.stagedLen, q.first = 0, 0, nil
 	q.pubPos, q.pubWrap = q.usedPos, q.usedWrap
@@ -346,10 +358,7 @@ func (q *PackedQueue) EnableNotify() bool {
 	if q.eventIdx {
 		v = uint32(q.availPos|q.availWrap<<15) | eventFlagDesc<<16
 	}
-	if v != q.devEvent {
-		q.devEvent = v
-		storeLE32(q.device, v)
-	}
+	q.storeDevEvent(v)
 	w := loadLE32(wordAt(q.desc, int(q.availPos)*descSize+12))
 	return isAvail(uint16(w>>16), q.availWrap)
 }
@@ -357,9 +366,28 @@ func (q *PackedQueue) EnableNotify() bool {
 // DisableNotify sets RING_EVENT_FLAGS_DISABLE in the device event
 // suppression structure.
 func (q *PackedQueue) DisableNotify() {
-	v := uint32(eventFlagDisable) << 16
-	if v != q.devEvent {
-		q.devEvent = v
-		storeLE32(q.device, v)
+	q.storeDevEvent(uint32(eventFlagDisable) << 16)
+}
+
+// storeDevEvent sets the device event suppression structure to v, if it
+// holds something else, and logs it.
+func (q *PackedQueue) storeDevEvent(v uint32) {
+	if v == q.devEvent {
+		return
+	}
+	q.devEvent = v
+	storeLE32(q.device, v)
+	if q.log != nil {
+		q.log.Mark(q.usedLog, 4)
+	}
+}
+
+// SetDirtyLog sets the queue's dirty log (see Queue).
+func (q *PackedQueue) SetDirtyLog(l RingLog) { q.log, q.usedLog = l.Log, l.UsedAddr }
+
+// MarkWritten marks buffer bytes the device wrote (see Queue).
+func (q *PackedQueue) MarkWritten(bufs [][]byte, n uint64) {
+	if q.log != nil {
+		markBufs(q.mem, q.log, bufs, n)
 	}
 }

@@ -11,7 +11,12 @@
 //
 // The hot path, Pop, Push and Flush of a reused Chain, allocates nothing.
 // Unsafe code is limited to ring_unsafe.go, which also explains the memory
-// ordering against the driver.
+// ordering against the driver, and dirtylog_unsafe.go.
+//
+// For live migration a queue logs what the device writes (SetDirtyLog):
+// its own writes to the ring, and the buffer bytes the device tells it of
+// (MarkWritten), each marked after the write. Without a log each costs one
+// nil check.
 
 package virtio
 
@@ -133,6 +138,31 @@ type Queue interface {
 	// VHOST_USER_GET_VRING_BASE reports it (packed: bit 15 is the wrap
 	// counter).
 	NextAvail() uint16
+	// SetDirtyLog makes the queue mark in l.Log every byte it writes to
+	// guest memory from now on (used elements and index, event
+	// suppression, packed descriptor write-backs) and every byte
+	// MarkWritten is told of; the zero RingLog stops it. Like the rest of
+	// the queue, it is called by the goroutine that uses the queue.
+	SetDirtyLog(l RingLog)
+	// MarkWritten marks in the queue's dirty log, if it has one, the first
+	// n bytes of bufs: writable buffers of a chain popped from this queue
+	// that the device (or the kernel, reading into them) wrote. Call it
+	// after the write.
+	MarkWritten(bufs [][]byte, n uint64)
+}
+
+// markBufs marks in log the first n bytes of bufs, slices of mem.
+func markBufs(mem *Memory, log *DirtyLog, bufs [][]byte, n uint64) {
+	for _, b := range bufs {
+		if n == 0 {
+			return
+		}
+		k := min(uint64(len(b)), n)
+		if gpa, ok := mem.GuestAddr(b); ok {
+			log.Mark(gpa, k)
+		}
+		n -= k
+	}
 }
 
 // Chain is one descriptor chain popped from a Queue. Its slices alias guest

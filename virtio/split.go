@@ -53,6 +53,9 @@ type SplitQueue struct {
 	decided     bool   // NeedsInterrupt has judged a publication
 	inflight    uint32 // chains popped and not pushed
 	fence       uint32 // see ring_unsafe.go
+
+	log     *DirtyLog // SetDirtyLog; nil: no logging
+	usedLog uint64    // where the used ring's first byte is logged
 }
 
 // NewSplitQueue returns the device side of the split virtqueue that cfg
@@ -250,9 +253,13 @@ func (q *SplitQueue) Push(c *Chain, written uint32) error {
 	if q.inflight == 0 {
 		return fmt.Errorf("push chain %d: %w", c.Head, ErrNotPopped)
 	}
-	e := q.usedRing[8*int(q.nextUsed&q.mask):]
+	slot := uint64(q.nextUsed & q.mask)
+	e := q.usedRing[8*slot:]
 	binary.LittleEndian.PutUint32(e, uint32(c.Head))
 	binary.LittleEndian.PutUint32(e[4:], written)
+	if q.log != nil {
+		q.log.Mark(q.usedLog+4+8*slot, 8)
+	}
 	q.nextUsed++
 	q.inflight--
 	c.pending = false
@@ -267,7 +274,25 @@ func (q *SplitQueue) Flush() {
 	}
 	q.since += uint32(q.nextUsed - q.pubUsed)
 	q.pubUsed = q.nextUsed
+	q.storeUsedWord()
+}
+
+// storeUsedWord publishes the used ring's flags and idx, and logs them.
+func (q *SplitQueue) storeUsedWord() {
 	storeLE32(q.usedWord, uint32(q.usedFlags)|uint32(q.pubUsed)<<16)
+	if q.log != nil {
+		q.log.Mark(q.usedLog, 4)
+	}
+}
+
+// SetDirtyLog sets the queue's dirty log (see Queue).
+func (q *SplitQueue) SetDirtyLog(l RingLog) { q.log, q.usedLog = l.Log, l.UsedAddr }
+
+// MarkWritten marks buffer bytes the device wrote (see Queue).
+func (q *SplitQueue) MarkWritten(bufs [][]byte, n uint64) {
+	if q.log != nil {
+		markBufs(q.mem, q.log, bufs, n)
+	}
 }
 
 // NeedsInterrupt reports whether the driver wants a used buffer
@@ -300,9 +325,12 @@ func (q *SplitQueue) NeedsInterrupt() bool {
 func (q *SplitQueue) EnableNotify() bool {
 	if q.eventIdx {
 		q.availEvt.store(q.lastAvail)
+		if q.log != nil {
+			q.log.Mark(q.usedLog+4+8*uint64(q.size), 2)
+		}
 	} else if q.usedFlags&usedFNoNotify != 0 {
 		q.usedFlags &^= usedFNoNotify
-		storeLE32(q.usedWord, uint32(q.usedFlags)|uint32(q.pubUsed)<<16)
+		q.storeUsedWord()
 	}
 	idx := q.availIdx.load()
 	if idx-q.lastAvail <= q.size {
@@ -319,5 +347,5 @@ func (q *SplitQueue) DisableNotify() {
 		return
 	}
 	q.usedFlags |= usedFNoNotify
-	storeLE32(q.usedWord, uint32(q.usedFlags)|uint32(q.pubUsed)<<16)
+	q.storeUsedWord()
 }
