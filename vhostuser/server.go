@@ -243,12 +243,14 @@ func (s *Server) serveConn(ctx context.Context, uc *net.UnixConn) error {
 	c, err := newConn(uc, s.timeouts)
 	if err != nil {
 		uc.Close()
+		s.stats.closed.Add(1)
 		s.log.Error("front-end connection closed", "error", err)
 		return err
 	}
 	defer c.close()
 	sess, err := newSession(s, c)
 	if err != nil {
+		s.stats.closed.Add(1)
 		s.log.Error("front-end connection closed", "error", err)
 		return err
 	}
@@ -259,6 +261,7 @@ func (s *Server) serveConn(ctx context.Context, uc *net.UnixConn) error {
 		return nil
 	}
 	if err != nil {
+		s.stats.closed.Add(1)
 		s.log.Error("front-end connection closed", "error", err)
 		return fmt.Errorf("serve front-end: %w", err)
 	}
@@ -284,6 +287,7 @@ type serverCounter int
 
 const (
 	ctrSessions serverCounter = iota
+	ctrClosed
 	ctrRejected
 	ctrUnknown
 
@@ -295,14 +299,17 @@ const (
 // refusals by limit have tables of their own (requestNames, limitTable).
 var serverTable = istats.Table{
 	ctrSessions: {Name: "sessions", Help: "front-end connections served"},
+	ctrClosed:   {Name: "closed_sessions", Help: "front-end connections the server closed: a malformed message, a limit, a failure the front-end could not be told of, a broken connection", Drop: true},
 	ctrRejected: {Name: "rejected", Help: "vhost-user requests refused: malformed, not supported, over a limit, or failed", Drop: true},
 	ctrUnknown:  {Name: "unknown", Help: "vhost-user requests of a type the server does not know", Drop: true},
 }
 
 // Stats counts what a Server has seen since it was made.
 type Stats struct {
-	// Sessions is the number of front-end connections served.
-	Sessions uint64
+	// Sessions is the number of front-end connections served, and Closed
+	// those of them the server closed for an error (the front-end hanging
+	// up, or the server stopping, is none).
+	Sessions, Closed uint64
 	// Messages counts received requests by type; requests of unknown types are in Unknown.
 	Messages map[Request]uint64
 	Unknown  uint64
@@ -317,6 +324,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{
 		Sessions: s.stats.sessions.Load(),
+		Closed:   s.stats.closed.Load(),
 		Messages: make(map[Request]uint64),
 		Unknown:  s.stats.unknown.Load(),
 		Rejected: s.stats.rejected.Load(),
@@ -332,12 +340,12 @@ func (s *Server) Stats() Stats {
 
 // counters are the fields serverTable declares, in its order.
 func (s *Stats) counters() [numServerCounters]*uint64 {
-	return [...]*uint64{ctrSessions: &s.Sessions, ctrRejected: &s.Rejected, ctrUnknown: &s.Unknown}
+	return [...]*uint64{ctrSessions: &s.Sessions, ctrClosed: &s.Closed, ctrRejected: &s.Rejected, ctrUnknown: &s.Unknown}
 }
 
-// All yields the server's own counters (sessions, rejected, unknown) with
-// their declarations, in table order; Messages and Limited are counted by
-// request and by limit.
+// All yields the server's own counters (sessions, closed_sessions,
+// rejected, unknown) with their declarations, in table order; Messages
+// and Limited are counted by request and by limit.
 func (s Stats) All() iter.Seq2[istats.Desc, uint64] {
 	var v [numServerCounters]uint64
 	for i, p := range s.counters() {
@@ -425,6 +433,7 @@ func (s *Stats) UnmarshalJSON(b []byte) error {
 
 type stats struct {
 	sessions atomic.Uint64
+	closed   atomic.Uint64
 	messages [maxRequest + 1]atomic.Uint64
 	unknown  atomic.Uint64
 	rejected atomic.Uint64

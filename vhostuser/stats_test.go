@@ -30,19 +30,19 @@ func TestServerTable(t *testing.T) {
 			t.Errorf("All: %s=%d, want %d", d.Name, v, 10+i)
 		}
 	}
-	if got := strings.Join(names, " "); got != "sessions rejected unknown" {
-		t.Errorf("All: got %s, want sessions rejected unknown", got)
+	if got := strings.Join(names, " "); got != "sessions closed_sessions rejected unknown" {
+		t.Errorf("All: got %s, want sessions closed_sessions rejected unknown", got)
 	}
-	if s.Sessions != 10 || s.Rejected != 11 || s.Unknown != 12 {
+	if s.Sessions != 10 || s.Closed != 11 || s.Rejected != 12 || s.Unknown != 13 {
 		t.Errorf("counters() points at the wrong fields: %+v", s)
 	}
 }
 
 func TestStatsTextAndJSON(t *testing.T) {
-	s := Stats{Sessions: 2, Rejected: 1, Unknown: 0,
+	s := Stats{Sessions: 2, Closed: 1, Rejected: 1, Unknown: 0,
 		Messages: map[Request]uint64{ReqGetFeatures: 4, ReqSetMemTable: 1, Request(99): 2}}
 	s.Limited[LimitMemSlots] = 3
-	want := "sessions=2 rejected=1 unknown=0 messages: [GET_FEATURES=4 REQUEST_99=2 SET_MEM_TABLE=1] limited: [mem_slots=3]"
+	want := "sessions=2 closed_sessions=1 rejected=1 unknown=0 messages: [GET_FEATURES=4 REQUEST_99=2 SET_MEM_TABLE=1] limited: [mem_slots=3]"
 	if got := s.String(); got != want {
 		t.Errorf("String: got %q, want %q", got, want)
 	}
@@ -57,7 +57,7 @@ func TestStatsTextAndJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("read back %s: %v", b, err)
 	}
-	if back.Sessions != s.Sessions || back.Rejected != s.Rejected || back.Unknown != s.Unknown ||
+	if back.Sessions != s.Sessions || back.Closed != s.Closed || back.Rejected != s.Rejected || back.Unknown != s.Unknown ||
 		back.Limited != s.Limited || !maps.Equal(back.Messages, s.Messages) {
 		t.Errorf("read back %s: got %+v, want %+v", b, back, s)
 	}
@@ -66,7 +66,31 @@ func TestStatsTextAndJSON(t *testing.T) {
 			t.Errorf("UnmarshalJSON(%s): got no error", bad)
 		}
 	}
-	if s := (Stats{}).String(); s != "sessions=0 rejected=0 unknown=0 messages: []" {
+	if s := (Stats{}).String(); s != "sessions=0 closed_sessions=0 rejected=0 unknown=0 messages: []" {
 		t.Errorf("String of nothing: got %q", s)
+	}
+}
+
+// A front-end that hangs up is a session; one the server hangs up on, for
+// a malformed message, is a closed session too.
+func TestClosedSessions(t *testing.T) {
+	srv := NewServer(newFakeDevice(), Options{})
+	c, fe := socketPair(t)
+	wait := serve(t, srv, c)
+	fe.sync()
+	fe.close()
+	if err := wait(); err != nil {
+		t.Fatalf("front-end hung up: ServeConn returned %v", err)
+	}
+	c, fe = socketPair(t)
+	wait = serve(t, srv, c)
+	fe.sendRaw([]byte{1, 2, 3}) // a header cut short, then EOF
+	fe.c.CloseWrite()
+	if err := wait(); err == nil {
+		t.Fatal("a message cut short: ServeConn returned nil")
+	}
+	fe.close()
+	if st := srv.Stats(); st.Sessions != 2 || st.Closed != 1 {
+		t.Errorf("stats: got %d sessions, %d closed; want 2, 1", st.Sessions, st.Closed)
 	}
 }
