@@ -204,6 +204,16 @@ func newBenchQP(b *testing.B, bt *rig, features virtio.Features, txSlot, rxSlot 
 	r := newRig(b, rigOptions{tapOf: bt, features: features, size: size, txSlot: txSlot, rxSlot: rxSlot,
 		guest: virtiotest.Options{EventIdx: true}, mod: mode.config, stopped: true})
 	r.rings()
+	if mode.log {
+		// One log for both guests' memories: they overlap in guest
+		// physical address space, which only merges their marks.
+		l := virtio.NewDirtyLog(1 << 32)
+		r.mod = func(c *Config) {
+			mode.config(c)
+			c.RXLog = virtio.RingLog{Log: l, UsedAddr: r.rx.Areas().Device}
+			c.TXLog = virtio.RingLog{Log: l, UsedAddr: r.tx.Areas().Device}
+		}
+	}
 	bq := &benchQP{r: r, mode: mode, tx: newBenchRing(r.tx, r.txKick, r.txCall), rx: newBenchRing(r.rx, r.rxKick, r.rxCall)}
 	bq.rx.mrg = features.Has(virtio.NetFMrgRxbuf)
 	return bq
@@ -299,15 +309,18 @@ type engineMode struct {
 	// hash, when set, makes the guest ack HASH_REPORT (a 20-byte header)
 	// and is the queue pair's hash configuration (Config.Hash).
 	hash *atomic.Pointer[virtio.Hasher]
+	// log makes both rings log into a dirty log (Config.RXLog, TXLog),
+	// as during a live migration.
+	log bool
 }
 
 // config sets the mode in a queue pair's config.
 func (m engineMode) config(c *Config) { c.BusyPoll, c.NoIOURing, c.Hash = m.busy, m.noRing, m.hash }
 
 var engineModes = []engineMode{
-	{"iouring", 0, false, nil},
-	{"iouring+busypoll=50µs", 50 * time.Microsecond, false, nil},
-	{"syscalls", 0, true, nil},
+	{"iouring", 0, false, nil, false},
+	{"iouring+busypoll=50µs", 50 * time.Microsecond, false, nil, false},
+	{"syscalls", 0, true, nil, false},
 }
 
 func BenchmarkTAPTX(b *testing.B) {
@@ -486,11 +499,33 @@ func BenchmarkTAPRXHashReport(b *testing.B) {
 			continue
 		}
 		for _, m := range []engineMode{
-			{"iouring", 0, false, nil},
-			{"iouring+hdr20_no_hash", 0, false, none},
-			{"iouring+hash_report", 0, false, all},
+			{"iouring", 0, false, nil, false},
+			{"iouring+hdr20_no_hash", 0, false, none, false},
+			{"iouring+hash_report", 0, false, all, false},
 		} {
 			b.Run(c.name+"/"+m.name, func(b *testing.B) { benchRX(b, bt, c, m) })
+		}
+	}
+}
+
+// BenchmarkTAPDirtyLog is what dirty logging costs while a live migration
+// runs: BenchmarkTAPTX's and BenchmarkTAPRX's cases with the rings
+// logging every write (each frame's buffer pages, its used element, the
+// used index) beside the same rows without, in the same run. Logging off
+// costs a predicted branch per write, which BenchmarkTAPTX and
+// BenchmarkTAPRX measure.
+func BenchmarkTAPDirtyLog(b *testing.B) {
+	bt := benchTAP(b)
+	modes := []engineMode{
+		{"iouring", 0, false, nil, false},
+		{"iouring+dirty_log", 0, false, nil, true},
+	}
+	for _, c := range benchCases {
+		for _, m := range modes {
+			if !c.rxOnly {
+				b.Run("TX/"+c.name+"/"+m.name, func(b *testing.B) { benchTX(b, bt, c, m) })
+			}
+			b.Run("RX/"+c.name+"/"+m.name, func(b *testing.B) { benchRX(b, bt, c, m) })
 		}
 	}
 }

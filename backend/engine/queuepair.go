@@ -109,6 +109,14 @@ type Config struct {
 	// or no Hasher, reports VIRTIO_NET_HASH_REPORT_NONE.
 	Hash *atomic.Pointer[virtio.Hasher]
 
+	// RXLog and TXLog are where each ring logs what the engine writes to
+	// guest memory, for live migration (virtio.RingLog; dirtylog.go): the
+	// receive ring's frames and headers (including what the kernel reads
+	// into its buffers) and both rings' used elements, indices and event
+	// suppression. The zero value logs nothing, at the cost of a branch
+	// per write; SetDirtyLog changes them while the queue pair runs.
+	RXLog, TXLog virtio.RingLog
+
 	// Counters receives the statistics; nil makes the queue pair its own.
 	Counters *Counters
 
@@ -126,8 +134,16 @@ type QueuePair struct {
 
 	mu      sync.Mutex
 	running bool
-	stop    *EventFD
+	stop    *EventFD // wakes the worker: to stop, or to take a new dirty log
 	done    chan error
+	exited  chan struct{} // closed when the worker has returned
+
+	// stopping tells the worker that stop was written to end it, not to
+	// take logReq.
+	stopping atomic.Bool
+	// logReq is a change of dirty logs SetDirtyLog waits for the worker to
+	// take, between two passes.
+	logReq atomic.Pointer[logChange]
 
 	tx txState
 	rx rxState
@@ -268,15 +284,80 @@ func (qp *QueuePair) Start() error {
 	qp.ringInUse.Store(qp.ring != nil)
 	qp.stop = stop
 	qp.done = make(chan error, 1)
+	qp.exited = make(chan struct{})
+	qp.stopping.Store(false)
+	qp.setLogs(qp.cfg.RXLog, qp.cfg.TXLog)
 	qp.running = true
 	go func() {
 		err := qp.runGuarded(p)
 		if qp.ring != nil {
 			qp.ring.Close()
 		}
+		close(qp.exited)
 		qp.done <- err
 	}()
 	return nil
+}
+
+// logTimeout bounds SetDirtyLog's wait for the worker, which takes a new
+// log within one pass (Budget frames each way).
+const logTimeout = 5 * time.Second
+
+// logChange is a SetDirtyLog the worker has yet to take.
+type logChange struct {
+	rx, tx virtio.RingLog
+	done   chan struct{} // closed once the worker logs into rx and tx
+}
+
+// SetDirtyLog makes the rings log the engine's writes into rx and tx from
+// now on (Config.RXLog, TXLog); the zero RingLog stops a ring's logging.
+// On a running queue pair the worker takes them between two passes, and
+// SetDirtyLog returns once it has: every write before is logged in the
+// old logs, every write after in the new, no frame waits or is dropped
+// for it, and the old logs may be unmapped. It fails only when the worker
+// does not answer within logTimeout; it may then still take the new logs,
+// and uses the old ones until it does or stops.
+func (qp *QueuePair) SetDirtyLog(rx, tx virtio.RingLog) error {
+	qp.mu.Lock()
+	defer qp.mu.Unlock()
+	qp.cfg.RXLog, qp.cfg.TXLog = rx, tx
+	if !qp.running {
+		return nil
+	}
+	c := &logChange{rx: rx, tx: tx, done: make(chan struct{})}
+	qp.logReq.Store(c)
+	if err := qp.stop.Notify(); err != nil {
+		return fmt.Errorf("set dirty log of queue pair %d: %w", qp.cfg.Index, err)
+	}
+	select {
+	case <-c.done:
+	case <-qp.exited:
+		// The worker is gone (a memory fault): the rings are the
+		// caller's until Stop, and log nothing more.
+		qp.logReq.Store(nil)
+	case <-time.After(logTimeout):
+		return fmt.Errorf("set dirty log of queue pair %d: the worker did not take it within %s", qp.cfg.Index, logTimeout)
+	}
+	return nil
+}
+
+// takeLog applies the change SetDirtyLog asked for, if any, between two
+// passes of the worker.
+func (qp *QueuePair) takeLog() {
+	c := qp.logReq.Swap(nil)
+	if c == nil {
+		return
+	}
+	qp.setLogs(c.rx, c.tx)
+	close(c.done)
+}
+
+// setLogs sets the rings' dirty logs; the worker, or Start before it, is
+// the only goroutine that uses them.
+func (qp *QueuePair) setLogs(rx, tx virtio.RingLog) {
+	qp.rx.q.SetDirtyLog(rx)
+	qp.rx.logging = rx.Log != nil
+	qp.tx.q.SetDirtyLog(tx)
 }
 
 // submit runs the batch prepared on the ring; res gets one result per
@@ -334,6 +415,7 @@ func (qp *QueuePair) Stop() error {
 		return nil
 	}
 	qp.running = false
+	qp.stopping.Store(true)
 	if err := qp.stop.Notify(); err != nil {
 		return fmt.Errorf("stop queue pair %d: %w", qp.cfg.Index, err)
 	}
@@ -389,6 +471,9 @@ func (qp *QueuePair) run(p *poller) error {
 	lastWork := time.Now()
 	busy := qp.cfg.BusyPoll
 	for {
+		if qp.logReq.Load() != nil {
+			qp.takeLog()
+		}
 		polling := busy > 0 && time.Since(lastWork) < busy
 		tx.poll = polling
 		work := false
@@ -447,6 +532,10 @@ func (qp *QueuePair) run(p *poller) error {
 			switch ev.Fd {
 			case tagStop:
 				qp.stop.Drain()
+				if !qp.stopping.Load() {
+					// A new dirty log: taken at the top of the loop.
+					continue
+				}
 				rx.release()
 				return nil
 			case tagTXKick:

@@ -44,6 +44,10 @@ type rxState struct {
 	tally  tally // this pass's counts
 	pushed int   // chains this pass returned to the driver
 
+	// logging: the ring has a dirty log (Config.RXLog), and every write
+	// into its buffers, the kernel's reads included, is marked after it.
+	logging bool
+
 	tapReadable bool // the TAP may hold a frame
 	starved     bool // waiting for the driver to post buffers (kick armed)
 	broken      bool
@@ -176,6 +180,9 @@ func (r *rxState) process() bool {
 		} else {
 			r.iov.addOne(r.spill)
 			n, err = r.iov.readv(qp.tapFd)
+		}
+		if r.logging && err == nil && n > 0 {
+			r.markRead(min(uint64(n+skip), readCap))
 		}
 		n, ok := r.result(n, err)
 		if !ok {
@@ -331,6 +338,9 @@ func (r *rxState) deliver(n int) int {
 			scatterPut(first.Writable, virtio.HdrLenLegacy, h[virtio.HdrLenLegacy:])
 		}
 	}
+	if r.logging {
+		r.q.MarkWritten(first.Writable, uint64(hdrLen))
+	}
 	left := uint64(n)
 	for i := 0; i < used; i++ {
 		c := &r.chains[r.head]
@@ -345,6 +355,17 @@ func (r *rxState) deliver(n int) int {
 	r.tally[RXBytes] += uint64(n - hdrLen)
 	r.pushed += used
 	return used
+}
+
+// markRead marks in the dirty log the n bytes a read put in the pending
+// chains, from the first on (the vnet header's place included).
+func (r *rxState) markRead(n uint64) {
+	for i := 0; n > 0 && i < r.count; i++ {
+		c := r.at(i)
+		k := min(n, uint64(c.WriteLen))
+		r.q.MarkWritten(c.Writable, k)
+		n -= k
+	}
 }
 
 // finishHeader completes the header of the n-byte read (header included)

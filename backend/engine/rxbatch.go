@@ -130,6 +130,14 @@ func (r *rxState) readBatch(k int, bounce bool) {
 		qp.ring.Readv(qp.tapFd, io.v)
 	}
 	qp.submit(r.res[:k])
+	if r.logging {
+		// What the kernel put in each chain, whatever becomes of it.
+		for i := range k {
+			if r.res[i] > 0 {
+				r.q.MarkWritten(r.at(i).Writable, min(uint64(r.res[i])+uint64(skip), r.bcap[i]))
+			}
+		}
+	}
 	before := r.tally[RXPackets]
 	delivered := 0 // frames delivered in place, one chain each
 	saved := false // the rest of the batch is in the bounce buffers
@@ -228,6 +236,9 @@ func (r *rxState) place(frame []byte) bool {
 	for i, off := 0, 0; off < len(frame); i++ {
 		c := r.at(i)
 		scatterPut(c.Writable, 0, frame[off:])
+		if r.logging {
+			r.q.MarkWritten(c.Writable, min(uint64(len(frame)-off), uint64(c.WriteLen)))
+		}
 		off += int(c.WriteLen)
 	}
 	r.deliver(len(frame))
