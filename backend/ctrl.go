@@ -3,6 +3,7 @@ package backend
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -39,9 +40,20 @@ type ctrlQueue struct {
 	chain virtio.Chain
 	buf   []byte
 	bad   droplog.Limiter
+	// logMu is held while commands are answered, so that setLog returns
+	// only when the ring logs into the new log.
+	logMu sync.Mutex
 	// broken: the ring or its kick is unusable until the device is reset;
 	// the goroutine ends, and with it any wakeup.
 	broken bool
+}
+
+// setLog makes the control queue log its acks and ring writes into l
+// from now on (StartDirtyLog); it waits for commands being answered.
+func (c *ctrlQueue) setLog(l virtio.RingLog) {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	c.q.SetDirtyLog(l)
 }
 
 func newCtrlQueue(d *Device, s *slot) (*ctrlQueue, error) {
@@ -56,6 +68,7 @@ func newCtrlQueue(d *Device, s *slot) (*ctrlQueue, error) {
 		buf:  make([]byte, 0, 256),
 		bad:  droplog.Limiter{Log: log},
 	}
+	c.q.SetDirtyLog(s.log)
 	go c.run()
 	return c, nil
 }
@@ -173,6 +186,8 @@ func (c *ctrlQueue) breakRing(err error) {
 // process answers every available command, then returns them to the
 // driver with one interrupt.
 func (c *ctrlQueue) process() {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
 	ctr := &c.d.ctrlCtr
 	pushed := 0
 	c.q.DisableNotify()
@@ -217,6 +232,7 @@ func (c *ctrlQueue) process() {
 		}
 		// virtio 1.2 §5.1.6.5: the ack is the first device-writable byte.
 		c.chain.Writable[0][0] = byte(ack)
+		c.q.MarkWritten(c.chain.Writable, 1)
 		c.push(1)
 	}
 	if pushed == 0 {

@@ -118,6 +118,14 @@ type Device struct {
 	rxMode  RXMode
 	rss     rssState // RSS steering and hash reports (rss.go)
 	closed  bool
+
+	// Live migration (migrate.go): the guest memory of the last Activate,
+	// the dirty log of StartDirtyLog, and GUEST_OFFLOADS_SET's bits
+	// (offlSet: the driver sent it since the last reset).
+	mem     *virtio.Memory
+	dirty   *virtio.DirtyLog
+	offl    uint64
+	offlSet bool
 }
 
 // RXMode is what the driver asked of the receive filter with the CTRL_RX
@@ -396,8 +404,12 @@ func (d *Device) Counters(i int) *engine.Counters { return d.counters[i] }
 // split or packed rings, EVENT_IDX, the header size, how many queue pairs
 // and where the control queue is. It fails while the device is active
 // (after Activate, before Reset).
-func (d *Device) SetFeatures(acked virtio.Features) error {
-	if extra := acked &^ d.offered; extra != 0 {
+func (d *Device) SetFeatures(acked virtio.Features) error { return d.setFeatures(acked, d.offered) }
+
+// setFeatures is SetFeatures against offered, the offer of the transport
+// the driver negotiated through (VhostUser's).
+func (d *Device) setFeatures(acked, offered virtio.Features) error {
+	if extra := acked &^ offered; extra != 0 {
 		return fmt.Errorf("set features: %v: %w", extra, &virtio.NotOfferedError{Bits: extra})
 	}
 	// A front-end that serves the control queue itself (QEMU, DPDK's
@@ -426,6 +438,7 @@ func (d *Device) SetFeatures(acked virtio.Features) error {
 	}
 	d.acked = acked
 	d.tunOffl = offload.TunFlagsFor(acked)
+	d.offl, d.offlSet = 0, false
 	d.ackedOK = true
 	// virtio 1.2 §5.1.6.5.5: multiqueue starts disabled; the driver
 	// enables more pairs with VQ_PAIRS_SET.
@@ -493,6 +506,7 @@ func (d *Device) setGuestOffloads(bits uint64) error {
 		return err
 	}
 	d.tunOffl = flags
+	d.offl, d.offlSet = bits, true
 	return nil
 }
 
@@ -533,6 +547,8 @@ func (d *Device) Reset() []QueueState {
 	copy(d.config.MAC[:], d.opts.MAC)
 	d.config.Status &^= virtio.Announce
 	d.rxMode = RXMode{}
+	d.offl, d.offlSet = 0, false
+	d.mem = nil
 	d.resetRSS()
 	return states
 }

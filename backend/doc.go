@@ -26,8 +26,12 @@
 // steering program is set by New (Options.Steering, SetSteering).
 // VhostUser adapts the same device to a vhost-user server, whose
 // front-end starts rings one at a time and serves the control queue
-// itself. docs/embedding.md has the whole picture and Example a runnable
-// embedding.
+// itself. For live migration (migrate.go) the device marks every page it
+// writes in a dirty log the VMM gives it (StartDirtyLog; over vhost-user
+// the front-end's log, ring by ring), and CtrlState and RestoreCtrlState
+// carry what the driver set through the control queue across Reset and
+// Activate with QueueConfig.Resume. docs/embedding.md has the whole
+// picture and Example a runnable embedding.
 //
 // Ownership: the TAP is the caller's, and outlives the Device; the caller
 // keeps the eventfd files it passes (QueueConfig.Kick and Call,

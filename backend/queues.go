@@ -62,6 +62,11 @@ type slot struct {
 	q    virtio.Queue
 	kick *engine.EventFD
 	call engine.Notifier // an *engine.EventFD, or noCall
+	// device is the guest address of the queue's device area, where an
+	// embedding VMM's dirty log logs it (StartDirtyLog); log is the
+	// queue's dirty log of the moment, zero when it logs nothing.
+	device uint64
+	log    virtio.RingLog
 }
 
 // close closes the slot's duplicated eventfds.
@@ -112,6 +117,11 @@ func (d *Device) Activate(mem *virtio.Memory, queues []QueueConfig) error {
 	if i := d.running(); i >= 0 {
 		return fmt.Errorf("activate: queue %d is running: reset the device first", i)
 	}
+	if d.dirty != nil {
+		if err := d.dirty.Covers(mem); err != nil {
+			return fmt.Errorf("activate: dirty log: %w", err)
+		}
+	}
 	used := 2 * d.usablePairs()
 	ci := d.ctrlIndex()
 	if ci >= 0 {
@@ -140,11 +150,12 @@ func (d *Device) Activate(mem *virtio.Memory, queues []QueueConfig) error {
 		if err != nil {
 			return fail(fmt.Errorf("queue %d: %w", i, err))
 		}
-		if err := d.startQueueLocked(i, q, qc.Kick, qc.Call); err != nil {
+		if err := d.startQueueLocked(i, q, qc.Kick, qc.Call, d.ringLog(qc.DeviceAddr), qc.DeviceAddr); err != nil {
 			return fail(err)
 		}
 		started = append(started, i)
 	}
+	d.mem = mem
 	d.log.Debug("activated", "queues", len(started))
 	return nil
 }
@@ -198,15 +209,23 @@ func stateOf(q virtio.Queue) QueueState {
 // are duplicated (call nil: the front-end polls); the caller keeps its
 // files. On error nothing of the queue is kept.
 func (d *Device) startQueue(index int, q virtio.Queue, kick, call *os.File) error {
+	return d.startQueueLog(index, q, kick, call, virtio.RingLog{})
+}
+
+// startQueueLog is startQueue for a queue whose writes go to log from the
+// start (a vhost-user ring restarted during a migration).
+func (d *Device) startQueueLog(index int, q virtio.Queue, kick, call *os.File, log virtio.RingLog) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return fmt.Errorf("start queue %d: device closed", index)
 	}
-	return d.startQueueLocked(index, q, kick, call)
+	return d.startQueueLocked(index, q, kick, call, log, log.UsedAddr)
 }
 
-func (d *Device) startQueueLocked(index int, q virtio.Queue, kickFile, callFile *os.File) error {
+// startQueueLocked starts virtqueue index on q, logging into log, with
+// its device area at device (for StartDirtyLog). d.mu is held.
+func (d *Device) startQueueLocked(index int, q virtio.Queue, kickFile, callFile *os.File, log virtio.RingLog, device uint64) error {
 	if !d.ackedOK {
 		return fmt.Errorf("start queue %d: features not set", index)
 	}
@@ -228,6 +247,7 @@ func (d *Device) startQueueLocked(index int, q virtio.Queue, kickFile, callFile 
 	if err != nil {
 		return fmt.Errorf("start queue %d: %w", index, err)
 	}
+	s.device, s.log = device, log
 	if isCtrl {
 		if err := d.startCtrl(index, s); err != nil {
 			s.close()
@@ -290,6 +310,8 @@ func (d *Device) startPair(i int) error {
 		BusyPoll:  d.opts.BusyPoll,
 		NoIOURing: d.opts.NoIOURing,
 		Hash:      &d.rss.hasher,
+		RXLog:     p.q[0].log,
+		TXLog:     p.q[1].log,
 		// USO frames the kernel cannot take (before Linux 6.2) are
 		// segmented in software, as Offer promised.
 		NoUSO:    !d.txCaps.USO,

@@ -21,9 +21,15 @@ type vhostUserAdapter struct{ d *Device }
 var _ vhostuser.Device = vhostUserAdapter{}
 var _ vhostuser.MTUSetter = vhostUserAdapter{}
 var _ vhostuser.Announcer = vhostUserAdapter{}
+var _ vhostuser.DirtyLogger = vhostUserAdapter{}
 
+// Features is the device's offer less what needs the control queue, but
+// for GUEST_ANNOUNCE: QEMU's virtio-net passes it to the guest only if
+// the back-end offers it, and then announces a migrated guest itself, by
+// VIRTIO_NET_S_ANNOUNCE and the control queue it serves (a guest without
+// it gets SEND_RARP).
 func (b vhostUserAdapter) Features() virtio.Features {
-	return b.d.Features() &^ (ctrlFeatures | rssFeatures)
+	return b.d.Features()&^(ctrlFeatures|rssFeatures) | virtio.NetFGuestAnnounce
 }
 
 func (b vhostUserAdapter) ProtocolFeatures() vhostuser.ProtocolFeatures {
@@ -32,7 +38,9 @@ func (b vhostUserAdapter) ProtocolFeatures() vhostuser.ProtocolFeatures {
 
 func (b vhostUserAdapter) NumQueues() int { return 2 * b.d.Pairs() }
 
-func (b vhostUserAdapter) SetFeatures(acked virtio.Features) error { return b.d.SetFeatures(acked) }
+func (b vhostUserAdapter) SetFeatures(acked virtio.Features) error {
+	return b.d.setFeatures(acked, b.Features())
+}
 
 func (b vhostUserAdapter) GetConfig(offset, size uint32) ([]byte, error) {
 	out := make([]byte, size)
@@ -79,7 +87,15 @@ func (b vhostUserAdapter) StartQueue(index int, s vhostuser.QueueSetup) error {
 	if err != nil {
 		return fmt.Errorf("start queue %d: %w", index, err)
 	}
-	return b.d.startQueue(index, q, s.Kick, s.Call)
+	return b.d.startQueueLog(index, q, s.Kick, s.Call, s.Log)
+}
+
+// SetQueueLog is the dirty log of a started ring changing: SET_LOG_BASE,
+// SET_FEATURES with or without VHOST_F_LOG_ALL, SET_VRING_ADDR with or
+// without VHOST_VRING_F_LOG. A ring whose pair runs takes it between two
+// passes of its engine, losing no frame (engine.QueuePair.SetDirtyLog).
+func (b vhostUserAdapter) SetQueueLog(index int, l virtio.RingLog) error {
+	return b.d.setQueueLog(index, l)
 }
 
 func (b vhostUserAdapter) StopQueue(index int) (vhostuser.QueueState, error) {

@@ -73,6 +73,10 @@ type QueueSetup struct {
 	// the device writes to interrupt the guest; nil when the front-end polls. Err is the
 	// eventfd to signal a ring error on; nil if the front-end gave none.
 	Kick, Call, Err *os.File
+	// Log is where the ring logs what the device writes to guest memory, for a front-end
+	// migrating the guest (see DirtyLogger); the zero value logs nothing. Its Log stays valid
+	// until StopQueue returns or SetQueueLog replaces it.
+	Log virtio.RingLog
 }
 
 // QueueState is where a stopped ring left off, in the encoding of QueueSetup.NextAvail and
@@ -85,6 +89,21 @@ type QueueState struct {
 // NET_SET_MTU; an error is reported to the front-end as an invalid MTU.
 type MTUSetter interface {
 	SetMTU(mtu uint16) error
+}
+
+// DirtyLogger is implemented by a device that logs its writes to guest memory for live
+// migration (vhost-user.rst "Migration"): the server then offers VHOST_F_LOG_ALL and
+// LOG_SHMFD, maps the front-end's log, and gives each ring the log it should write to, in
+// QueueSetup.Log when it starts and through SetQueueLog while it runs: while
+// VHOST_F_LOG_ALL is acked, a log is set (SET_LOG_BASE) and the ring's SET_VRING_ADDR has
+// VHOST_VRING_F_LOG, with the ring's log_guest_addr as RingLog.UsedAddr; the zero RingLog
+// otherwise.
+type DirtyLogger interface {
+	// SetQueueLog changes the log of started ring index. When it returns, every write the
+	// ring made is logged in the old log, every later one goes to l, and the old log is no
+	// longer used; no frame may be lost or repeated for it. An error closes the connection
+	// (the front-end would believe in a log that is not kept).
+	SetQueueLog(index int, l virtio.RingLog) error
 }
 
 // Announcer is implemented by a device that can broadcast a RARP for the guest's MAC after
