@@ -16,7 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
-	"github.com/vmnet-dev/vmnet/metrics"
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 )
 
 // metricsFlag is --metrics ADDR, which vhost-user and serve-fds take: the

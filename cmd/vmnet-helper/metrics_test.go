@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
-	"github.com/vmnet-dev/vmnet/metrics"
 )
 
 func TestMetricsBadArguments(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
 	"github.com/vmnet-dev/vmnet/backend/tap"
-	"github.com/vmnet-dev/vmnet/metrics"
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 )
 
 // serve-fds listens on a unix socket (SOCK_SEQPACKET) and answers each

@@ -16,8 +16,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/vmnet-dev/vmnet/backend/fdpass"
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 	"github.com/vmnet-dev/vmnet/internal/testutil"
-	"github.com/vmnet-dev/vmnet/metrics"
 )
 
 // clientResult is what testdata/fdclient prints.

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmnet-dev/vmnet/metrics"
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 )
 
 // Helper is a running vmnet-helper.

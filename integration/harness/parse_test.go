@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
-	"github.com/vmnet-dev/vmnet/metrics"
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 	"github.com/vmnet-dev/vmnet/vhostuser"
 )
 

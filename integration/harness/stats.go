@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
-	"github.com/vmnet-dev/vmnet/metrics"
+	"github.com/vmnet-dev/vmnet/internal/metrics"
 )
 
 // The lines vmnet-helper prints on SIGUSR1 and on exit (cmd/vmnet-helper

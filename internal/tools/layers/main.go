@@ -6,7 +6,7 @@
 //     package's folder says what it may build on. A test kit may import
 //     its parent, as net/http/httptest does net/http (virtio/virtiotest).
 //   - No library package (internal/, virtio, offload, ebpf, vhostuser,
-//     backend, metrics), nor its tests, imports anything under cmd/ or
+//     backend), nor its tests, imports anything under cmd/ or
 //     integration/: the binaries and the end-to-end tests build on the
 //     libraries, never the other way.
 //   - The pure packages, virtio and offload, import no other package of

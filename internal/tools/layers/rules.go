@@ -30,7 +30,7 @@ type pureRule struct {
 // vmnet is the policy of this module (STYLE.md, "The shape of the house";
 // docs/contracts.md, "Who imports whom").
 var vmnet = policy{
-	libraries: []string{"internal", "virtio", "offload", "ebpf", "vhostuser", "backend", "metrics"},
+	libraries: []string{"internal", "virtio", "offload", "ebpf", "vhostuser", "backend"},
 	barred:    []string{"cmd", "integration"},
 	pure: []pureRule{
 		{"virtio", []string{"virtio", "offload"}},

@@ -15,7 +15,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the generated parts of docs/operations.md")
 
-const operationsDoc = "../docs/operations.md"
+const operationsDoc = "../../docs/operations.md"
 
 // generated are the parts of docs/operations.md written from the tables:
 // each between a BEGIN and an END line naming it.

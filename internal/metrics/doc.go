@@ -1,5 +1,6 @@
-// Package metrics exports vmnet's counters to Prometheus, for vmnet-helper
-// and for a Go VMM that embeds vmnet alike: a Collector of the devices
+// Package metrics exports vmnet's counters to Prometheus for vmnet-helper
+// (a Go VMM embedding vmnet builds its own collector from the same tables:
+// docs/operations.md): a Collector of the devices
 // (backend.Device), vhost-user servers (vhostuser.Server) and handed-out
 // TAPs a process adds to it, the same counters as JSON (Snapshot, served
 // on /stats), and an http.Handler serving both.
