@@ -29,13 +29,26 @@
 // in the last case it is started again from where it stopped. This package treats "started
 // but disabled" as stopped: a net device then neither receives nor transmits on the ring.
 //
+// # Live migration
+//
+// For a Device that implements DirtyLogger the server offers VHOST_F_LOG_ALL and LOG_SHMFD
+// (vhost-user.rst "Migration"): it maps the log of SET_LOG_BASE (and answers it with the
+// same request type), refuses a log that does not cover guest memory, and gives each ring
+// the log to write to: while VHOST_F_LOG_ALL is acked, a log is mapped and the ring's
+// SET_VRING_ADDR carries VHOST_VRING_F_LOG, with its used area logged at log_guest_addr.
+// Those changes reach running rings through DirtyLogger.SetQueueLog, without stopping them;
+// a new log replaces the old, unmapped once no ring writes to it. SET_LOG_FD's eventfd is
+// kept and never signalled. GET_VRING_BASE stops a ring as always: the device has logged
+// every write by then.
+//
 // # What it refuses
 //
 // Every message is validated before it is acted on (DecodeRequest): exact payload sizes,
 // descriptor counts, region and config bounds, reserved bits. A malformed message ends the
 // connection with an error log; it never panics and never leaks the descriptors it carried.
-// Requests the package does not implement (dirty page logging, inflight tracking, IOTLB,
-// postcopy, in-band notifications, device state migration) are answered with a failure when
+// Requests the package does not implement (inflight tracking, IOTLB, postcopy, in-band
+// notifications, device state migration; dirty page logging for a device that does not
+// log) are answered with a failure when
 // the front-end expects an answer, and logged once per request type. A well-formed request
 // that fails (a ring index out of range, addresses outside guest memory, a device error) is
 // answered with a failure if the front-end asked for an ack (REPLY_ACK); otherwise the

@@ -224,6 +224,11 @@ func (r BackendRequest) String() string {
 // GET/SET_PROTOCOL_FEATURES (VHOST_USER_F_PROTOCOL_FEATURES, the reserved bit 30).
 const FProtocolFeatures uint64 = 1 << 30
 
+// FLogAll is the vhost feature bit by which the front-end asks the back-end to log its
+// writes to guest memory (VHOST_F_LOG_ALL, bit 26; vhost-user.rst "Migration"). The server
+// offers it for a device that implements DirtyLogger.
+const FLogAll uint64 = 1 << 26
+
 // ProtocolFeatures is a set of vhost-user protocol feature bits (vhost-user.rst
 // "Protocol features").
 type ProtocolFeatures uint64

@@ -35,6 +35,9 @@ type ring struct {
 	err     *os.File
 	enabled bool
 	started bool
+	// log is the dirty log the device has for the ring while it is
+	// started (QueueSetup.Log, DirtyLogger.SetQueueLog).
+	log virtio.RingLog
 }
 
 func (r *ring) closeFiles() {
@@ -61,6 +64,16 @@ type session struct {
 	mem         *virtio.Memory
 	rings       []ring
 	backendReq  *os.File
+	// logger is the device as a DirtyLogger, nil if it logs nothing: the
+	// session then offers neither VHOST_F_LOG_ALL nor LOG_SHMFD.
+	logger DirtyLogger
+	// dirty is the front-end's log (SET_LOG_BASE), logFD the eventfd of
+	// SET_LOG_FD, kept and never signalled. retired are logs a failed
+	// switch could not take every ring off: unmapped at teardown, after
+	// the rings stop.
+	dirty   *logMapping
+	logFD   *os.File
+	retired []*logMapping
 	// limitLogged has the limits this connection went past that were logged.
 	limitLogged [numLimits]bool
 	// failedWarn and pendingWarn thin out the warnings a front-end can
@@ -121,7 +134,9 @@ func newSession(srv *Server, c *conn) (*session, error) {
 	if n < 1 || n > MaxQueues {
 		return nil, fmt.Errorf("start session: device has %d queues, want 1 to %d", n, MaxQueues)
 	}
-	return &session{srv: srv, c: c, dev: srv.backend, log: srv.log, rings: make([]ring, n)}, nil
+	s := &session{srv: srv, c: c, dev: srv.backend, log: srv.log, rings: make([]ring, n)}
+	s.logger, _ = srv.backend.(DirtyLogger)
+	return s, nil
 }
 
 // run handles messages until the front-end disconnects (nil) or a message is bad enough to
@@ -229,7 +244,7 @@ func (s *session) limited(err error) {
 func (s *session) dispatch(m *message, p Payload) (Payload, error) {
 	switch req := m.Request; req {
 	case ReqGetFeatures:
-		return U64(uint64(s.dev.Features()) | FProtocolFeatures), nil
+		return U64(s.offeredFeatures()), nil
 	case ReqSetFeatures:
 		return nil, s.setFeatures(uint64(p.(U64)))
 	case ReqGetProtocolFeatures:
@@ -310,8 +325,33 @@ func (s *session) dispatch(m *message, p Payload) (Payload, error) {
 			return nil, d.SetMTU(uint16(p.(U64)))
 		}
 		return nil, nil
-	case ReqSetLogBase, ReqSetLogFD:
-		return nil, fmt.Errorf("%s: dirty page logging (LOG_SHMFD, VHOST_F_LOG_ALL) is %w", req, ErrNotSupported)
+	case ReqSetLogBase:
+		if err := s.need(req, ProtocolLogShmfd); err != nil {
+			return nil, err
+		}
+		if err := s.setLogBase(m, p.(Log)); err != nil {
+			return nil, err
+		}
+		// vhost-user.rst: with LOG_SHMFD the back-end replies, with the
+		// same request type (QEMU's vhost_user_set_log_base reads it and
+		// fails with EPROTO on any other) and no payload; a front-end
+		// that asked for an ack gets the ack.
+		if m.NeedReply() {
+			return nil, nil
+		}
+		return Empty{}, nil
+	case ReqSetLogFD:
+		if err := s.need(req, ProtocolLogShmfd); err != nil {
+			return nil, err
+		}
+		// The front-end's eventfd to be told the log changed; QEMU does not
+		// send it, nor reads one: kept until replaced or the end of the
+		// connection, not signalled.
+		if s.logFD != nil {
+			s.logFD.Close()
+		}
+		s.logFD = os.NewFile(uintptr(m.takeFD(0)), "vhost-user log eventfd")
+		return nil, nil
 	case ReqGetInflightFD, ReqSetInflightFD:
 		return nil, fmt.Errorf("%s: INFLIGHT_SHMFD is %w", req, ErrNotSupported)
 	}
@@ -330,22 +370,43 @@ func (s *session) need(req Request, f ProtocolFeatures) error {
 }
 
 func (s *session) offeredProtocol() ProtocolFeatures {
-	return serverProtocolFeatures | s.dev.ProtocolFeatures()&deviceProtocolFeatures
+	p := serverProtocolFeatures | s.dev.ProtocolFeatures()&deviceProtocolFeatures
+	if s.logger != nil {
+		p |= ProtocolLogShmfd
+	}
+	return p
 }
 
+// offeredFeatures is GET_FEATURES: the device's, and the bits of the transport.
+func (s *session) offeredFeatures() uint64 {
+	f := uint64(s.dev.Features()) | FProtocolFeatures
+	if s.logger != nil {
+		f |= FLogAll
+	}
+	return f
+}
+
+// transportFeatures are the feature bits of vhost-user itself, which the device never sees.
+const transportFeatures = FProtocolFeatures | FLogAll
+
 func (s *session) setFeatures(v uint64) error {
-	offered := uint64(s.dev.Features()) | FProtocolFeatures
-	if extra := v &^ offered; extra != 0 {
+	if extra := v &^ s.offeredFeatures(); extra != 0 {
 		return fmt.Errorf("ack features %s that were not offered", virtio.Features(extra))
 	}
 	if s.featuresSet && v == s.features {
 		return nil
 	}
+	if s.featuresSet && v^s.features == FLogAll {
+		// Logging starts or stops (vhost-user.rst "Migration": QEMU's
+		// vhost_dev_set_log), rings running or not: the device's features
+		// stay, and each running ring takes its new log without stopping.
+		return s.setLogAll(v)
+	}
 	if s.anyStarted() {
 		return fmt.Errorf("change features from %#x to %#x while rings run", s.features, v)
 	}
-	if err := s.dev.SetFeatures(virtio.Features(v &^ FProtocolFeatures)); err != nil {
-		return fmt.Errorf("set device features %s: %w", virtio.Features(v&^FProtocolFeatures), err)
+	if err := s.dev.SetFeatures(virtio.Features(v &^ transportFeatures)); err != nil {
+		return fmt.Errorf("set device features %s: %w", virtio.Features(v&^transportFeatures), err)
 	}
 	s.features, s.featuresSet = v, true
 	if v&FProtocolFeatures == 0 {
@@ -396,7 +457,7 @@ func (s *session) stop(i int) error {
 		return nil
 	}
 	st, err := s.dev.StopQueue(i)
-	r.started = false
+	r.started, r.log = false, virtio.RingLog{}
 	if err != nil {
 		return &fatalError{fmt.Errorf("stop ring %d: %w", i, err)}
 	}
@@ -430,7 +491,7 @@ func (s *session) start(i int, pending bool) error {
 	if err := s.dev.StartQueue(i, q); err != nil {
 		return fmt.Errorf("start ring %d: %w", i, err)
 	}
-	r.started = true
+	r.started, r.log = true, q.Log
 	s.log.Debug("ring started", "queue", i, "size", q.Size, "packed", q.Packed, "next_avail", q.NextAvail)
 	return nil
 }
@@ -462,6 +523,7 @@ func (s *session) queueSetup(i int) (QueueSetup, error) {
 		Kick:      r.kick,
 		Call:      r.call,
 		Err:       r.err,
+		Log:       s.ringLog(i),
 	}
 	layout := "split"
 	if q.Packed {
@@ -491,9 +553,26 @@ func (s *session) queueSetup(i int) (QueueSetup, error) {
 }
 
 func (s *session) setVringAddr(a VringAddr) error {
-	if a.Flags&VringFlagLog != 0 {
+	r, err := s.ringAt(ReqSetVringAddr, a.Index)
+	if err != nil {
+		return err
+	}
+	if a.Flags&VringFlagLog != 0 && s.logger == nil {
 		return fmt.Errorf("ring %d asks for used ring logging, which is %w", a.Index, ErrNotSupported)
 	}
+	old := r.addr
+	same := r.hasAddr && old.DescUser == a.DescUser && old.UsedUser == a.UsedUser && old.AvailUser == a.AvailUser
+	r.addr, r.hasAddr = a, true
+	if err := s.checkLog(s.dirty, s.mem); err != nil {
+		r.addr = old
+		return err
+	}
+	if same && r.started {
+		// Only the log flag or address changed (QEMU's vhost_dev_set_log):
+		// the ring goes on, with its new log.
+		return s.updateLogs()
+	}
+	r.addr = old
 	return s.updateRing(ReqSetVringAddr, a.Index, func(r *ring) { r.addr, r.hasAddr = a, true })
 }
 
@@ -663,6 +742,110 @@ func (s *session) remMemReg(r MemoryRegion) error {
 	return nil
 }
 
+// ringLog is the dirty log ring i writes to: the front-end's, while
+// VHOST_F_LOG_ALL is acked and the ring's addresses carry VHOST_VRING_F_LOG,
+// its used area logged at log_guest_addr.
+func (s *session) ringLog(i int) virtio.RingLog {
+	r := &s.rings[i]
+	if s.dirty == nil || s.features&FLogAll == 0 || r.addr.Flags&VringFlagLog == 0 {
+		return virtio.RingLog{}
+	}
+	return virtio.RingLog{Log: s.dirty.log, UsedAddr: r.addr.LogGuest}
+}
+
+// updateLogs gives each running ring whose log changed its new one. The
+// device returns once the ring writes to it alone; a failure leaves rings
+// on logs the front-end no longer expects, and ends the connection.
+func (s *session) updateLogs() error {
+	for i := range s.rings {
+		r := &s.rings[i]
+		if !r.started {
+			continue
+		}
+		l := s.ringLog(i)
+		if l == r.log {
+			continue
+		}
+		if err := s.logger.SetQueueLog(i, l); err != nil {
+			return &fatalError{fmt.Errorf("set dirty log of ring %d: %w", i, err)}
+		}
+		r.log = l
+		s.log.Debug("ring dirty log", "queue", i, "logging", l.Log != nil, "used_log_addr", l.UsedAddr)
+	}
+	return nil
+}
+
+// checkLog refuses a log that would not cover what the rings write while
+// logging (VHOST_F_LOG_ALL acked): guest memory mem, and the used area of
+// each ring with VHOST_VRING_F_LOG at its log address (vhost-user.rst:
+// "the bit offset of the last byte of the ring must fall within the size
+// supplied").
+func (s *session) checkLog(l *logMapping, mem *virtio.Memory) error {
+	if l == nil || s.features&FLogAll == 0 {
+		return nil
+	}
+	if err := l.log.Covers(mem); err != nil {
+		return fmt.Errorf("dirty log of %d bytes: %w", l.desc.Size, err)
+	}
+	for i := range s.rings {
+		r := &s.rings[i]
+		if !r.hasAddr || r.addr.Flags&VringFlagLog == 0 || r.size == 0 {
+			continue
+		}
+		used := virtio.RingAreas(r.size, s.packed(), virtio.Features(s.features).Has(virtio.FEventIdx))[2]
+		if err := l.log.CoversRange(r.addr.LogGuest, used.Len); err != nil {
+			return fmt.Errorf("dirty log of %d bytes, ring %d's used area logged at guest %#x: %w", l.desc.Size, i, r.addr.LogGuest, err)
+		}
+	}
+	return nil
+}
+
+// setLogAll is SET_FEATURES that only sets or clears VHOST_F_LOG_ALL.
+func (s *session) setLogAll(v uint64) error {
+	old := s.features
+	s.features = v
+	if err := s.checkLog(s.dirty, s.mem); err != nil {
+		s.features = old
+		return err
+	}
+	s.log.Debug("dirty logging", "on", v&FLogAll != 0, "log", s.dirty != nil)
+	return s.updateLogs()
+}
+
+// setLogBase maps the front-end's new log, moves the rings that log onto
+// it and unmaps the old one, which nothing uses any more.
+func (s *session) setLogBase(m *message, l Log) error {
+	if len(m.fds) != 1 {
+		return fmt.Errorf("%s with LOG_SHMFD carries %d file descriptors, want the log's", ReqSetLogBase, len(m.fds))
+	}
+	lm, err := mapLog(m.fds[0], l, s.srv.maxMemBytes/virtio.LogPageSize)
+	if err != nil {
+		return err
+	}
+	// A log smaller than guest memory is refused, logging or not: QEMU
+	// sizes its log to cover every region.
+	if err := lm.log.Covers(s.mem); err != nil {
+		lm.unmap()
+		return fmt.Errorf("dirty log of %d bytes: %w", l.Size, err)
+	}
+	if err := s.checkLog(lm, s.mem); err != nil {
+		lm.unmap()
+		return err
+	}
+	old := s.dirty
+	s.dirty = lm
+	if err := s.updateLogs(); err != nil {
+		// Rings may write to either log until they stop.
+		s.retired = append(s.retired, old)
+		return err
+	}
+	if err := old.unmap(); err != nil {
+		s.log.Warn("unmap dirty log", "error", err)
+	}
+	s.log.Debug("dirty log", "bytes", l.Size, "offset", l.Offset, "pages", lm.log.Pages())
+	return nil
+}
+
 // swapMemory switches to the memory of maps, of which added are new and removed are
 // dropped from the current table. Running rings are stopped first, so that nothing uses
 // removed when it is unmapped, and started again over the new memory. If the switch cannot
@@ -671,6 +854,11 @@ func (s *session) remMemReg(r MemoryRegion) error {
 // returned, without keeping the rings after it stopped.
 func (s *session) swapMemory(maps, added, removed []*mapping) error {
 	mem, err := newMemory(maps)
+	if err == nil {
+		// While logging, memory the log does not cover is refused: QEMU
+		// grows its log before it grows the memory table (vhost_commit).
+		err = s.checkLog(s.dirty, mem)
+	}
 	for i := 0; err == nil && i < len(s.rings); i++ {
 		err = s.stop(i)
 	}
@@ -736,6 +924,16 @@ func (s *session) teardown() {
 		s.backendReq.Close()
 		s.backendReq = nil
 	}
+	if s.logFD != nil {
+		s.logFD.Close()
+		s.logFD = nil
+	}
+	for _, l := range append(s.retired, s.dirty) {
+		if err := l.unmap(); err != nil {
+			s.log.Warn("unmap dirty log", "error", err)
+		}
+	}
+	s.dirty, s.retired = nil, nil
 	s.retire(s.maps)
 	s.maps, s.mem = nil, nil
 }

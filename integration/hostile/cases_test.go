@@ -18,8 +18,8 @@ import (
 
 // hostileCases are the attacks, by what they attack: message framing,
 // memory tables, ring setup, descriptors, descriptor chains once a ring
-// runs, floods and disconnects.
-var hostileCases = concat(framingCases, memoryCases, ringCases, fdCases, chainCases, floodCases)
+// runs, floods and disconnects, dirty logs.
+var hostileCases = concat(framingCases, memoryCases, ringCases, fdCases, chainCases, floodCases, logCases)
 
 func concat(lists ...[]hostileCase) []hostileCase {
 	var all []hostileCase
@@ -733,9 +733,9 @@ var fdCases = []hostileCase{
 		a.prepared(sessionOptions{})
 		a.ack("SET_VRING_KICK", "closed", vu.ReqSetVringKick, vu.VringFile{Index: 1, NoFD: true}, int(a.eventfd().Fd()))
 	}},
-	{"fd/descriptors the back-end has no use for: SET_LOG_FD, SET_BACKEND_REQ_FD twice", func(a *attack) {
+	{"fd/descriptors the back-end keeps and never uses: SET_LOG_FD, SET_BACKEND_REQ_FD twice", func(a *attack) {
 		a.prepared(sessionOptions{})
-		a.ack("SET_LOG_FD", "ack 1", vu.ReqSetLogFD, vu.Empty{}, a.memfdOf(4096))
+		a.ack("SET_LOG_FD", "ack 0", vu.ReqSetLogFD, vu.Empty{}, a.memfdOf(4096))
 		_, w := a.pipe()
 		a.ack("SET_BACKEND_REQ_FD pipe", "ack 0", vu.ReqSetBackendReqFD, vu.Empty{}, int(w.Fd()))
 		a.ack("SET_BACKEND_REQ_FD socket", "ack 0", vu.ReqSetBackendReqFD, vu.Empty{}, int(a.socket().Fd()))
