@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // helperProc is a running vmnet-helper that the test stops when it ends.
 type helperProc struct {
 	*harness.Helper
-	t      *testing.T
+	t      testing.TB
 	tap    string // the first line it printed
 	killed bool
 }
@@ -43,7 +43,7 @@ type helperProc struct {
 // startHelper runs vmnet-helper with args and waits for the TAP name it
 // prints first. When the test ends the helper gets SIGTERM and must exit
 // cleanly, unless the test killed it.
-func startHelper(t *testing.T, args ...string) *helperProc {
+func startHelper(t testing.TB, args ...string) *helperProc {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -74,7 +74,7 @@ func (h *helperProc) stop() error { return h.Stop() }
 
 // counters reads the counters from the helper's /stats: it must run with
 // --metrics (metricsArgs).
-func (h *helperProc) counters(t *testing.T) harness.Stats {
+func (h *helperProc) counters(t testing.TB) harness.Stats {
 	t.Helper()
 	st, err := h.Stats()
 	if err != nil {

@@ -113,6 +113,19 @@ func (c *console) line(l string) {
 	}
 }
 
+// adopt marks the console ready as the guest's console of another QEMU
+// was at readyAt: a guest migrated here serves commands without booting.
+func (c *console) adopt(readyAt time.Time, uptime string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.ready:
+	default:
+		c.readyAt, c.uptime = readyAt, uptime
+		close(c.ready)
+	}
+}
+
 func (c *console) begin(rest string) {
 	c.inFrame = false
 	id, err := strconv.ParseUint(strings.TrimSpace(rest), 10, 64)

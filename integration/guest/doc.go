@@ -19,7 +19,10 @@
 //   - The QEMU process. Start runs qemu-system-x86_64 with -accel tcg on
 //     q35 (no KVM is assumed), optionally in a named network namespace and
 //     with guest RAM on a shared memfd for vhost-user; Stop kills it and
-//     reaps it. Everything about NICs comes from Config.Args.
+//     reaps it. Everything about NICs comes from Config.Args. Config.QMP
+//     adds a QMP socket, Config.Incoming makes the QEMU a live migration's
+//     destination, and Adopt hands it the source's console once the guest
+//     has moved.
 //   - The console protocol. /init serves one command at a time on the
 //     serial console: the script goes in base64 on one line, its output
 //     comes back in base64 between markers with the exit status and length

@@ -49,6 +49,15 @@ type Config struct {
 	// Netns names a network namespace (ip netns add) to run QEMU in, so
 	// that ifname= and bridge names resolve there.
 	Netns string
+	// QMP is a unix socket path for QEMU's machine protocol
+	// (-qmp unix:QMP,server=on,wait=off; harness.DialQMP); "" for none.
+	QMP string
+	// Incoming starts QEMU as the destination of a live migration
+	// (-incoming Incoming, "defer" to give the address later with QMP's
+	// migrate-incoming): the guest runs once the migration completes, and
+	// Adopt takes over the source's console. The command line must
+	// otherwise be the source's.
+	Incoming string
 	// LogPath receives the serial console, QEMU's standard error and a
 	// decoded transcript of every Run; it is created or truncated. ""
 	// keeps only the last 256 KiB in memory (see LogTail).
@@ -219,7 +228,34 @@ func (vm *VM) qemuArgs() []string {
 		machine += ",memory-backend=mem"
 	}
 	args = append(args, "-machine", machine)
+	if cfg.QMP != "" {
+		args = append(args, "-qmp", "unix:"+cfg.QMP+",server=on,wait=off")
+	}
+	if cfg.Incoming != "" {
+		args = append(args, "-incoming", cfg.Incoming)
+	}
 	return append(args, cfg.Args...)
+}
+
+// Adopt makes vm, the destination of a live migration from src (Config.Incoming),
+// serve Run: the guest's console is vm's now, and its /init is where src's left it,
+// ready for a command. Call it once the migration has completed; src must not Run
+// meanwhile.
+func (vm *VM) Adopt(src *VM) error {
+	select {
+	case <-src.con.ready:
+	default:
+		return errors.New("adopt a migrated guest: the source had not booted")
+	}
+	readyAt, uptime, _ := src.con.bootInfo()
+	vm.con.adopt(readyAt, uptime)
+	src.runMu.Lock()
+	next := src.nextID
+	src.runMu.Unlock()
+	vm.runMu.Lock()
+	vm.nextID = max(vm.nextID, next)
+	vm.runMu.Unlock()
+	return nil
 }
 
 // WaitBoot waits until /init serves commands. It fails if QEMU exits first

@@ -4,8 +4,9 @@
 // /stats of its --metrics, or as the text SIGUSR1 prints) and its
 // /metrics, runs iperf3
 // servers and other commands in a network namespace, builds QEMU's
-// vhost-user options, and parses what the helper, ping, iperf3, ethtool
-// and DPDK's testpmd print.
+// vhost-user options, speaks QEMU's machine protocol (QMP: a live
+// migration's migrate-incoming, migrate and query-migrate), and parses
+// what the helper, ping, iperf3, ethtool and DPDK's testpmd print.
 //
 // It owns the processes it starts and nothing else: the caller creates and
 // deletes network namespaces (NewNetNS returns the function that deletes

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Iperf is the summary of one iperf3 TCP test.
@@ -67,6 +68,121 @@ func ParseIperfJSON(out string) (Iperf, error) {
 	}
 	return Iperf{Seconds: s.Seconds, SentBytes: s.Bytes, SentBPS: s.BPS, RecvBytes: r.Bytes,
 		RecvBPS: r.BPS, Retransmits: s.Retransmits, Streams: v.Start.TestStart.NumStreams}, nil
+}
+
+// IperfStream is an iperf3 -J client's own count of its TCP stream: what
+// it sent, or with -R received, in total and per interval (-i). Unlike
+// ParseIperfJSON's summary it is there also when the client was
+// interrupted (SIGINT), which is then its only error.
+type IperfStream struct {
+	Bytes       uint64  // sent, or received with -R
+	Seconds     float64 // from the start to the last interval's end
+	Intervals   []IperfInterval
+	Interrupted bool // the client was interrupted, not done
+}
+
+// IperfInterval is one report interval of a stream, in seconds from its
+// start as the client's clock counted.
+type IperfInterval struct {
+	Start, End float64
+	Bytes      uint64
+}
+
+// ParseIperfStream reads the output of an iperf3 -J client, interrupted or
+// not.
+func ParseIperfStream(out string) (IperfStream, error) {
+	type sum struct {
+		End   float64 `json:"end"`
+		Bytes uint64  `json:"bytes"`
+	}
+	var v struct {
+		Start struct {
+			TestStart struct {
+				Reverse int `json:"reverse"`
+			} `json:"test_start"`
+		} `json:"start"`
+		Intervals []struct {
+			Sum struct {
+				Start float64 `json:"start"`
+				End   float64 `json:"end"`
+				Bytes uint64  `json:"bytes"`
+			} `json:"sum"`
+		} `json:"intervals"`
+		End struct {
+			SumSent     sum `json:"sum_sent"`
+			SumReceived sum `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	i, j := strings.Index(out, "{"), strings.LastIndex(out, "}")
+	if i < 0 || j < i {
+		return IperfStream{}, fmt.Errorf("parse iperf3 output: no JSON in %q", Tail(out, 500))
+	}
+	if err := json.Unmarshal([]byte(out[i:j+1]), &v); err != nil {
+		return IperfStream{}, fmt.Errorf("parse iperf3 output: %w", err)
+	}
+	var st IperfStream
+	switch {
+	case strings.HasPrefix(v.Error, "interrupt"):
+		st.Interrupted = true
+	case v.Error != "":
+		return IperfStream{}, fmt.Errorf("iperf3: %s", v.Error)
+	}
+	for _, iv := range v.Intervals {
+		st.Intervals = append(st.Intervals, IperfInterval{Start: iv.Sum.Start, End: iv.Sum.End, Bytes: iv.Sum.Bytes})
+		st.Seconds = iv.Sum.End
+	}
+	// The client's own side: what it sent, or received in reverse mode.
+	own := v.End.SumSent
+	if v.Start.TestStart.Reverse != 0 {
+		own = v.End.SumReceived
+	}
+	st.Bytes = own.Bytes
+	if st.Bytes == 0 {
+		for _, iv := range st.Intervals {
+			st.Bytes += iv.Bytes
+		}
+	}
+	if st.Bytes == 0 {
+		return st, fmt.Errorf("parse iperf3 output: no data moved: %s", Tail(out, 500))
+	}
+	return st, nil
+}
+
+// PingReply is one echo reply ping -D printed, with its timestamp.
+type PingReply struct {
+	Seq int
+	At  time.Time
+}
+
+var pingReply = regexp.MustCompile(`^\[(\d+)\.(\d+)\] \d+ bytes from .*icmp_seq=(\d+)`)
+
+// ParsePingReplies reads the replies iputils' ping -D prints, in order.
+func ParsePingReplies(out string) []PingReply {
+	var r []PingReply
+	for _, l := range strings.Split(out, "\n") {
+		m := pingReply.FindStringSubmatch(strings.TrimSpace(l))
+		if m == nil {
+			continue
+		}
+		sec, _ := strconv.ParseInt(m[1], 10, 64)
+		frac := (m[2] + "000000000")[:9]
+		ns, _ := strconv.ParseInt(frac, 10, 64)
+		seq, _ := strconv.Atoi(m[3])
+		r = append(r, PingReply{Seq: seq, At: time.Unix(sec, ns)})
+	}
+	return r
+}
+
+// LongestSilence is the longest time between two replies in a row, and
+// when it began.
+func LongestSilence(r []PingReply) (gap time.Duration, from time.Time) {
+	for i := 1; i < len(r); i++ {
+		if d := r[i].At.Sub(r[i-1].At); d > gap {
+			gap, from = d, r[i-1].At
+		}
+	}
+	return gap, from
 }
 
 // Ping is the summary of a ping run.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/vmnet-dev/vmnet/backend/engine"
 	"github.com/vmnet-dev/vmnet/internal/metrics"
@@ -226,5 +227,47 @@ go_goroutines 12
 	}
 	if _, err := ParseScrape([]byte("vmnet_x{ 1\n")); err == nil {
 		t.Error("ParseScrape of a broken line: got no error")
+	}
+}
+
+// An iperf3 -J -R client interrupted after 2.5 s: its own count is what it
+// received.
+func TestParseIperfStream(t *testing.T) {
+	in := `[   12.3] a kernel line
+{"start": {"test_start": {"num_streams": 1, "reverse": 1}},
+ "intervals": [{"sum": {"start": 0, "end": 1.000154, "bytes": 1310720}},
+  {"sum": {"start": 1.000154, "end": 2.000131, "bytes": 1310720}},
+  {"sum": {"start": 2.000131, "end": 2.522932, "bytes": 655360}}],
+ "end": {"sum_sent": {"end": 2.522932, "bytes": 0}, "sum_received": {"end": 2.522932, "bytes": 3276800}},
+ "error": "interrupt - the client has terminated"}`
+	st, err := ParseIperfStream(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Bytes != 3276800 || !st.Interrupted || len(st.Intervals) != 3 || st.Seconds != 2.522932 || st.Intervals[2].Bytes != 655360 {
+		t.Errorf("ParseIperfStream = %+v", st)
+	}
+	if _, err := ParseIperfStream(`{"error": "unable to connect to server: Connection refused"}`); err == nil {
+		t.Error("ParseIperfStream of a failed client: got nil error")
+	}
+}
+
+func TestParsePingReplies(t *testing.T) {
+	in := `PING 10.0.2.15 (10.0.2.15) 56(84) bytes of data.
+[1796215877.100000] 64 bytes from 10.0.2.15: icmp_seq=1 ttl=64 time=0.5 ms
+[1796215877.150210] 64 bytes from 10.0.2.15: icmp_seq=2 ttl=64 time=0.6 ms
+[1796215877.650001] 64 bytes from 10.0.2.15: icmp_seq=12 ttl=64 time=40.1 ms
+[1796215877.7] 64 bytes from 10.0.2.15: icmp_seq=13 ttl=64 time=0.4 ms
+
+--- 10.0.2.15 ping statistics ---
+13 packets transmitted, 4 received, 69.2308% packet loss, time 600ms
+`
+	r := ParsePingReplies(in)
+	if len(r) != 4 || r[2].Seq != 12 || r[3].At.Nanosecond() != 700000000 {
+		t.Fatalf("ParsePingReplies = %+v", r)
+	}
+	gap, from := LongestSilence(r)
+	if gap != 499791*time.Microsecond || !from.Equal(r[1].At) {
+		t.Errorf("LongestSilence = %s from %s, want 499.791ms from reply 2", gap, from)
 	}
 }

@@ -13,6 +13,9 @@ type VhostUserNIC struct {
 	// Reconnect, for QEMU as client, is how many seconds QEMU waits before
 	// it connects again to a helper that went away; 0 never.
 	Reconnect int
+	// DeviceOpts are more properties of the virtio-net-pci device, such as
+	// "guest_announce=off"; "" for none.
+	DeviceOpts string
 }
 
 // Args are QEMU's -chardev, -netdev and -device options for the NIC.
@@ -38,6 +41,9 @@ func (n VhostUserNIC) Args() []string {
 	device := "virtio-net-pci,netdev=n0,vectors=0,mac=" + mac
 	if queues > 1 {
 		device += ",mq=on"
+	}
+	if n.DeviceOpts != "" {
+		device += "," + n.DeviceOpts
 	}
 	return []string{
 		"-chardev", chardev,
