@@ -808,7 +808,11 @@ func (s *session) setLogAll(v uint64) error {
 		s.features = old
 		return err
 	}
-	s.log.Debug("dirty logging", "on", v&FLogAll != 0, "log", s.dirty != nil)
+	if v&FLogAll != 0 {
+		s.log.Info("dirty logging started: the front-end migrates the guest", "log", s.dirty != nil)
+	} else {
+		s.log.Info("dirty logging stopped")
+	}
 	return s.updateLogs()
 }
 
@@ -842,7 +846,7 @@ func (s *session) setLogBase(m *message, l Log) error {
 	if err := old.unmap(); err != nil {
 		s.log.Warn("unmap dirty log", "error", err)
 	}
-	s.log.Debug("dirty log", "bytes", l.Size, "offset", l.Offset, "pages", lm.log.Pages())
+	s.log.Info("dirty log mapped", "bytes", l.Size, "offset", l.Offset, "pages", lm.log.Pages())
 	return nil
 }
 
