@@ -86,9 +86,10 @@ func mapped(t *testing.T, name string) int {
 	return strings.Count(string(b), "/memfd:"+name+" ")
 }
 
-// readLogReply reads SET_LOG_BASE's reply: the same request type, no
-// payload (QEMU's vhost_user_set_log_base).
-func (f *frontEnd) readLogReply() {
+// readLogReply reads SET_LOG_BASE's reply: the same request type and the
+// log description sent (QEMU's vhost_user_set_log_base takes any payload,
+// rust-vmm's set_log_base reads a log description).
+func (f *frontEnd) readLogReply(sent Log) {
 	f.t.Helper()
 	f.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var hdr [HeaderSize]byte
@@ -98,8 +99,15 @@ func (f *frontEnd) readLogReply() {
 	req := Request(binary.NativeEndian.Uint32(hdr[0:]))
 	flags := Flags(binary.NativeEndian.Uint32(hdr[4:]))
 	size := binary.NativeEndian.Uint32(hdr[8:])
-	if req != ReqSetLogBase || flags != Version|FlagReply || size != 0 {
-		f.t.Fatalf("SET_LOG_BASE reply: request %s flags %#x size %d, want SET_LOG_BASE, the reply flag, no payload", req, flags, size)
+	if req != ReqSetLogBase || flags != Version|FlagReply || size != logSize {
+		f.t.Fatalf("SET_LOG_BASE reply: request %s flags %#x size %d, want SET_LOG_BASE, the reply flag, %d bytes", req, flags, size, logSize)
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(f.c, b); err != nil {
+		f.t.Fatalf("read SET_LOG_BASE reply payload: %v", err)
+	}
+	if want := sent.Append(nil); string(b) != string(want) {
+		f.t.Fatalf("SET_LOG_BASE reply payload %x, want the request's %x", b, want)
 	}
 }
 
@@ -160,7 +168,7 @@ func TestDirtyLogMigration(t *testing.T) {
 
 	lfd, logMem := logMemfd(t, "vu-log-1", logSize)
 	fe.send(ReqSetLogBase, 0, Log{Size: logSize}, lfd)
-	fe.readLogReply()
+	fe.readLogReply(Log{Size: logSize})
 	unix.Close(lfd)
 	if n := mapped(t, "vu-log-1"); n != 2 {
 		t.Errorf("log 1 mapped %d times in the process, want 2 (the test's and the back-end's)", n)
@@ -202,7 +210,7 @@ func TestDirtyLogMigration(t *testing.T) {
 	// A larger log replaces the first; the first is unmapped.
 	lfd2, logMem2 := logMemfd(t, "vu-log-2", 2*logSize)
 	fe.send(ReqSetLogBase, 0, Log{Size: 2 * logSize}, lfd2)
-	fe.readLogReply()
+	fe.readLogReply(Log{Size: 2 * logSize})
 	unix.Close(lfd2)
 	if n := mapped(t, "vu-log-1"); n != 1 {
 		t.Errorf("log 1 mapped %d times after log 2 replaced it, want 1 (the test's)", n)
@@ -253,7 +261,7 @@ func TestDirtyLogRestart(t *testing.T) {
 	const logSize = (guestBase + guestSize) / virtio.LogPageSize / 8
 	lfd, _ := logMemfd(t, "vu-log-restart", logSize)
 	fe.send(ReqSetLogBase, 0, Log{Size: logSize}, lfd)
-	fe.readLogReply()
+	fe.readLogReply(Log{Size: logSize})
 	unix.Close(lfd)
 	mfd := memfd(t, guestSize)
 	fe.mustAck(ReqAddMemReg, MemRegionMsg{Region: guestRegion()}, mfd)

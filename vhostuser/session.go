@@ -333,13 +333,15 @@ func (s *session) dispatch(m *message, p Payload) (Payload, error) {
 			return nil, err
 		}
 		// vhost-user.rst: with LOG_SHMFD the back-end replies, with the
-		// same request type (QEMU's vhost_user_set_log_base reads it and
-		// fails with EPROTO on any other) and no payload; a front-end
-		// that asked for an ack gets the ack.
+		// same request type. QEMU's vhost_user_set_log_base takes any
+		// payload (and fails with EPROTO on another type); rust-vmm's
+		// front-end (cloud-hypervisor) reads a log description back, so
+		// the request's is echoed. A front-end that asked for an ack gets
+		// the ack.
 		if m.NeedReply() {
 			return nil, nil
 		}
-		return Empty{}, nil
+		return p.(Log), nil
 	case ReqSetLogFD:
 		if err := s.need(req, ProtocolLogShmfd); err != nil {
 			return nil, err
