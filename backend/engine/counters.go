@@ -44,6 +44,7 @@ const (
 	BrokenRings
 	InterruptErrors
 	Wakeups
+	Sleeps
 
 	numCounters
 )
@@ -81,6 +82,7 @@ var counterTable = stats.Table{
 	BrokenRings:     {Name: "broken_rings", Help: "rings abandoned as unusable until the device is reset: a broken ring, or a kick eventfd that hung up or failed", Drop: true},
 	InterruptErrors: {Name: "interrupt_errors", Help: "used-ring interrupts (TX or RX) not sent: the call notifier failed", Drop: true},
 	Wakeups:         {Name: "wakeups", Help: "returns from epoll_wait, busy polls included: an idle worker adds none"},
+	Sleeps:          {Name: "sleeps", Help: "returns from an epoll_wait that slept: each cost whoever woke the worker a wake-up (a kick, the TAP's epoll callback)"},
 }
 
 // String is the counter's name, as Snapshot.String and MarshalJSON print

@@ -528,6 +528,9 @@ func (qp *QueuePair) run(p *poller) error {
 			return qp.fail(err)
 		}
 		qp.ctr.Add(Wakeups, 1)
+		if timeout != 0 {
+			qp.ctr.Add(Sleeps, 1)
+		}
 		for _, ev := range events {
 			switch ev.Fd {
 			case tagStop:
